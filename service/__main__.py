@@ -1,0 +1,25 @@
+"""`python -m service`: run the reference service, configured by SERVICE_* variables."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from service.config import ConfigError, ServiceConfig
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        config = ServiceConfig.from_env()
+    except ConfigError as exc:
+        print(f"service: {exc}", file=sys.stderr)
+        return 2
+    from service.server import build_server
+
+    build_server(config).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

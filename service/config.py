@@ -1,0 +1,79 @@
+"""Service settings, read from the environment and checked once at start."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+class ConfigError(ValueError):
+    """A setting is missing or out of range; the message names the variable and the fix."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceConfig:
+    version: str = "v1"
+    instance: str = "app"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    warmup_s: float = 0.0  # readiness stays 503 this long after start
+    shutdown_timeout_s: float = 20.0  # longest wait for in-flight requests after SIGTERM
+    drain_linger_s: float = 0.0  # keep answering 503 at least this long after SIGTERM
+    keep_alive_s: float = 75.0  # above HAProxy's idle-pool purge, so HAProxy closes first
+    max_body_bytes: int = 1_048_576
+    post_ledger: str | None = None  # append each processed POST's request id here (tests)
+    access_log: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.version or not self.instance:
+            raise ConfigError("SERVICE_VERSION and SERVICE_INSTANCE must not be empty")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"SERVICE_PORT={self.port} is not a TCP port (1..65535)")
+        for name, value in (
+            ("SERVICE_WARMUP_S", self.warmup_s),
+            ("SERVICE_SHUTDOWN_TIMEOUT_S", self.shutdown_timeout_s),
+            ("SERVICE_DRAIN_LINGER_S", self.drain_linger_s),
+            ("SERVICE_KEEP_ALIVE_S", self.keep_alive_s),
+        ):
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(f"{name}={value} must be a finite number of seconds >= 0")
+        if self.max_body_bytes < 1:
+            raise ConfigError(f"SERVICE_MAX_BODY_BYTES={self.max_body_bytes} must be >= 1")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceConfig:
+        env = os.environ if env is None else env
+
+        def number(name: str, default: float) -> float:
+            raw = env.get(name)
+            if raw is None or raw == "":
+                return default
+            try:
+                return float(raw)
+            except ValueError:
+                raise ConfigError(f"{name}={raw!r} is not a number") from None
+
+        def integer(name: str, default: int) -> int:
+            raw = env.get(name)
+            if raw is None or raw == "":
+                return default
+            try:
+                return int(raw)
+            except ValueError:
+                raise ConfigError(f"{name}={raw!r} is not an integer") from None
+
+        return cls(
+            version=env.get("SERVICE_VERSION", "v1"),
+            instance=env.get("SERVICE_INSTANCE", "app"),
+            host=env.get("SERVICE_HOST", "127.0.0.1"),
+            port=integer("SERVICE_PORT", 8000),
+            warmup_s=number("SERVICE_WARMUP_S", 0.0),
+            shutdown_timeout_s=number("SERVICE_SHUTDOWN_TIMEOUT_S", 20.0),
+            drain_linger_s=number("SERVICE_DRAIN_LINGER_S", 0.0),
+            keep_alive_s=number("SERVICE_KEEP_ALIVE_S", 75.0),
+            max_body_bytes=integer("SERVICE_MAX_BODY_BYTES", 1_048_576),
+            post_ledger=env.get("SERVICE_POST_LEDGER") or None,
+            access_log=env.get("SERVICE_ACCESS_LOG", "0").lower() in ("1", "true", "yes"),
+        )

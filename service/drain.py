@@ -1,0 +1,83 @@
+"""The 503 drain: once SIGTERM arrives, new requests get a clean, retryable 503.
+
+Pure ASGI middleware, so it runs before routing and before any handler: a request
+refused here never reached application code, which makes it safe for HAProxy to
+re-send it elsewhere (`retry-on 503`), POSTs included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+# Probes and scrapes stay answered while draining and never count as work in flight.
+EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+RETRY_AFTER_S = 1
+
+_DRAINING_BODY = b'{"error":"draining","detail":"this instance is shutting down; retry"}'
+_DRAINING_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"content-length", str(len(_DRAINING_BODY)).encode()),
+    (b"connection", b"close"),
+    (b"retry-after", str(RETRY_AFTER_S).encode()),
+]
+
+
+class DrainState:
+    """Shared between the middleware, the routes and the server: draining flag and work in flight."""
+
+    def __init__(self) -> None:
+        self.ready = False
+        self.draining = False
+        self.drain_started: float | None = None
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def start_draining(self) -> None:
+        if not self.draining:
+            self.draining = True
+            self.drain_started = time.monotonic()
+
+    def enter(self) -> None:
+        self.in_flight += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+
+class DrainMiddleware:
+    def __init__(self, app: ASGIApp, state: DrainState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
+            await self.app(scope, receive, send)
+            return
+        state = self.state
+        if state.draining:
+            await send({"type": "http.response.start", "status": 503, "headers": _DRAINING_HEADERS})
+            await send({"type": "http.response.body", "body": _DRAINING_BODY})
+            return
+
+        async def send_closing_when_draining(message: Message) -> None:
+            # A request that finishes during the drain closes its connection afterwards,
+            # so HAProxy never parks it in its idle pool just before the listener goes.
+            if message["type"] == "http.response.start" and state.draining:
+                message["headers"] = [*message.get("headers", []), (b"connection", b"close")]
+            await send(message)
+
+        state.enter()
+        try:
+            await self.app(scope, receive, send_closing_when_draining)
+        finally:
+            state.leave()
