@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -258,9 +259,22 @@ stdout_logfile={self.root / "logs" / f"{instance.name}.log"}
             return False
         return bool(state.get("statename") == "RUNNING")
 
+    def ports(self) -> dict[str, int]:
+        ports = {"frontend": self.stack.port, "stats": self.stack.stats_port}
+        ports.update({i.name: self.app_port(i) for i in self.instances()})
+        return ports
+
     def up(self) -> None:
         if self.is_up():
             raise RolloutError(f"a stack is already running from {self.root}; `rollout down` first")
+        for role, port in self.ports().items():
+            # HAProxy binds with SO_REUSEPORT and would silently share a port with
+            # another stack; refuse instead.
+            if port_in_use(port):
+                raise RolloutError(
+                    f"port {port} ({role}) on 127.0.0.1 is in use; stop what holds it or pick "
+                    "others (--port, --stats-port, --app-base-port)", exit_code=2,
+                )
         self.root.mkdir(parents=True, exist_ok=True)
         self.stack.save()
         self.write_configs()
@@ -314,6 +328,17 @@ stdout_logfile={self.root / "logs" / f"{instance.name}.log"}
 
     def program_states(self) -> dict[str, str]:
         return {p["name"]: p["statename"] for p in self.supervisor("getAllProcessInfo")}
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as probe:
+        # SO_REUSEADDR: connections in TIME_WAIT from a previous stack do not count.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
 
 
 def pid_alive(pid: int) -> bool:

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 
 from service.config import ConfigError, ServiceConfig
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # UTC with milliseconds, like drain-agent's lines, so both read as one timeline.
+    logging.Formatter.converter = time.gmtime
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s.%(msecs)03dZ service[%(process)d] %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S",
+    )
     try:
         config = ServiceConfig.from_env()
     except ConfigError as exc:

@@ -35,10 +35,8 @@ class DrainingServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Signal handler: set state only, the main loop acts on it.
         if self.state.draining:
-            # A second signal skips the rest of the drain; a third forces uvicorn out.
-            if self.should_exit:
-                self.force_exit = True
-            self.should_exit = True
+            # A second signal forces the exit, as in uvicorn: in-flight requests are cut.
+            self.should_exit = self.force_exit = True
         else:
             self.state.start_draining()
 

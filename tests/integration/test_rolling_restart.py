@@ -1,0 +1,169 @@
+"""Rolling restarts of the local stack (supervisor + HAProxy + drain-agent) under load.
+
+The zero-failure test and its negative control use the same harness: same load, same
+restart; only the agent and HAProxy's retries differ. The control must catch failures,
+or the zero means nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvloop
+
+from deploy.loadcheck import LoadPlan, LoadResult, check_ledgers, run_load
+from deploy.local import LocalEngine, LocalStack, pid_alive
+from deploy.rolling import Event, RestartResult, read_servers, rolling_restart
+from tests.conftest import BIN, free_port
+
+
+def make_stack(tmp_path: Path, **options: object) -> LocalEngine:
+    stack = LocalStack(
+        state_dir=str(tmp_path / "stack"), port=free_port(), stats_port=free_port(),
+        app_base_port=free_port_run(3), **options,  # type: ignore[arg-type]
+    )
+    return LocalEngine(stack)
+
+
+def free_port_run(count: int) -> int:
+    """A base port with `count` free ports after it."""
+    for _ in range(50):
+        base = free_port()
+        if base + count < 65535 and all(not _in_use(base + i) for i in range(count)):
+            return base
+    raise RuntimeError("no run of free ports")
+
+
+def _in_use(port: int) -> bool:
+    from deploy.local import port_in_use
+
+    return port_in_use(port)
+
+
+def shut_down(engine: LocalEngine) -> None:
+    pidfile = engine.root / "supervisord.pid"
+    pid = int(pidfile.read_text()) if pidfile.exists() else None
+    try:
+        engine.down()
+    finally:
+        if pid is not None and pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def stack_factory(tmp_path: Path) -> Iterator[object]:
+    engines: list[LocalEngine] = []
+
+    def start(**options: object) -> LocalEngine:
+        engine = make_stack(tmp_path, **options)
+        engines.append(engine)
+        engine.up()
+        for instance in engine.instances():
+            from deploy.rolling import wait_ready
+
+            wait_ready(engine, instance, None, 30)
+        return engine
+
+    yield start
+    for engine in engines:
+        shut_down(engine)
+
+
+def load_with_restart(engine: LocalEngine, version: str, requests: int = 20_000) -> tuple[LoadResult, RestartResult]:
+    plan = LoadPlan(url=f"{engine.frontend_url()}/cms", requests=requests, concurrency=100,
+                    post_share=0.2, slow_share=0.1, slow_ms=150)
+    events: list[Event] = []
+    outcome: list[RestartResult] = []
+    done = threading.Event()
+
+    def restart() -> None:
+        try:
+            time.sleep(1.0)
+            outcome.append(rolling_restart(engine, version, {}, 60, events.append))
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=restart)
+    thread.start()
+    result = uvloop.run(run_load(plan, keep_going=lambda: not done.is_set()))
+    thread.join()
+    assert outcome, "the restart thread crashed"
+    restart_result = outcome[0]
+    # The whole restart happened while the load ran.
+    assert result.started < events[0].at and events[-1].at < result.started + result.elapsed_s
+    return result, restart_result
+
+
+def test_rolling_restart_under_load_loses_nothing(stack_factory) -> None:  # type: ignore[no-untyped-def]
+    engine = stack_factory()
+    result, restart = load_with_restart(engine, "v2")
+
+    assert restart.error is None
+    assert result.total >= 20_000
+    assert result.failed == 0, result.failures
+    assert result.ok == result.total
+    assert set(result.kinds) == {"get", "get-slow", "post"}
+    assert set(result.versions) == {"v1", "v2"}
+    ledger = check_ledgers(result, engine.ledgers())
+    assert ledger.answered == result.kinds["post"] > 1000
+    assert ledger.processed_once == ledger.answered and ledger.ok
+    assert [engine.version_of(i) for i in engine.instances()] == ["v2", "v2", "v2"]
+    assert {s.status for s in read_servers(engine).values()} == {"UP"}
+
+
+def test_negative_control_same_harness_without_agent_or_retries_fails(stack_factory) -> None:  # type: ignore[no-untyped-def]
+    engine = stack_factory(agent=False, retry_on="none", retries=0)
+    result, restart = load_with_restart(engine, "v2")
+
+    assert restart.error is None
+    assert result.failed > 0, "the harness should catch the failures of a plain restart"
+    assert [engine.version_of(i) for i in engine.instances()] == ["v2", "v2", "v2"]
+
+
+def test_rollout_cli_status_restart_and_halt(tmp_path: Path) -> None:
+    engine = make_stack(tmp_path)
+    stack = engine.stack
+    rollout = [str(BIN / "rollout"), "--state-dir", stack.state_dir]
+
+    def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*rollout, *args], capture_output=True, text=True, timeout=timeout, check=False)
+
+    up = run("up", "--detach", "--port", str(stack.port), "--stats-port", str(stack.stats_port),
+             "--app-base-port", str(stack.app_base_port))
+    try:
+        assert up.returncode == 0, up.stderr
+        again = run("up", "--detach", "--port", str(stack.port))
+        assert again.returncode != 0 and "already running" in again.stderr
+
+        status = run("status")
+        lines = status.stdout.splitlines()
+        assert lines[0].split() == ["SERVER", "HAPROXY", "SESSIONS", "QUEUED", "VERSION"]
+        assert [line.split()[:2] + line.split()[-1:] for line in lines[1:]] == [
+            ["app1", "UP", "v1"], ["app2", "UP", "v1"], ["app3", "UP", "v1"]]
+
+        bad = run("restart", "--version", "bad", "--env", "SERVICE_WARMUP_S=600",
+                  "--env", "DRAIN_AGENT_START_TIMEOUT=2", "--restart-timeout", "4")
+        assert bad.returncode == 1
+        assert "[app1] not ready and UP within 4s" in bad.stderr
+        assert "rollout halted; untouched: app2, app3" in bad.stderr
+        versions = [line.split()[-1] for line in run("status").stdout.splitlines()[1:]]
+        assert versions[1:] == ["v1", "v1"]  # the rest keep serving the old version
+
+        good = run("restart", "--version", "v1")
+        assert good.returncode == 0, good.stderr
+        assert "[app3] ready" in good.stderr
+        assert [line.split()[1] for line in run("status").stdout.splitlines()[1:]] == ["UP"] * 3
+
+        assert run("restart", "--env", "oops").returncode == 2
+    finally:
+        down = run("down")
+        shut_down(engine)
+    assert down.returncode == 0
+    assert run("status").returncode != 0

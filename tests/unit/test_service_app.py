@@ -1,0 +1,116 @@
+"""The service's routes and its drain middleware, through ASGI (no network)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.app import create_app
+from service.config import ServiceConfig
+from service.drain import DrainState
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+async def call(app, method: str, path: str, **kwargs):  # type: ignore[no-untyped-def]
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        return await client.request(method, path, **kwargs)
+
+
+def ready_app(tmp_path: Path | None = None, **config: object) -> tuple[object, DrainState]:
+    state = DrainState()
+    state.ready = True
+    ledger = str(tmp_path / "ledger.log") if tmp_path else None
+    app = create_app(ServiceConfig(instance="app1", version="v9", post_ledger=ledger, **config), state)  # type: ignore[arg-type]
+    return app, state
+
+
+def test_get_cms_reports_identity_and_delay() -> None:
+    app, _ = ready_app()
+    body = run(call(app, "GET", "/cms?delay_ms=5")).json()
+    assert (body["instance"], body["version"], body["delay_ms"]) == ("app1", "v9", 5)
+
+
+@pytest.mark.parametrize("value", ["-1", "abc", "60001", "1.5", ""])
+def test_bad_delay_is_a_400_with_a_clear_message(value: str) -> None:
+    app, _ = ready_app()
+    response = run(call(app, "GET", f"/cms?delay_ms={value}"))
+    assert response.status_code == 400
+    assert "delay_ms must be an integer from 0 to 60000" in response.json()["error"]
+
+
+def test_post_is_recorded_once_with_length_and_hash(tmp_path: Path) -> None:
+    app, _ = ready_app(tmp_path)
+    payload = json.dumps({"a": 1}).encode()
+    response = run(call(app, "POST", "/cms", content=payload, headers={"x-request-id": "abc-1"}))
+    body = response.json()
+    assert response.status_code == 200
+    assert (body["request_id"], body["length"], body["sha256"]) == ("abc-1", len(payload), hashlib.sha256(payload).hexdigest())
+    assert (tmp_path / "ledger.log").read_text() == "abc-1\n"
+
+
+def test_post_errors(tmp_path: Path) -> None:
+    app, _ = ready_app(tmp_path, max_body_bytes=100)
+    assert run(call(app, "POST", "/cms", content=b"{not json")).status_code == 400
+    assert run(call(app, "POST", "/cms", content=b"[" + b"1," * 100 + b"1]")).status_code == 413
+    assert run(call(app, "GET", "/nope")).status_code == 404
+    assert not (tmp_path / "ledger.log").read_text()  # nothing processed
+
+
+def test_readiness_follows_start_and_drain() -> None:
+    app, state = ready_app()
+    state.ready = False
+    assert run(call(app, "GET", "/readyz")).json()["error"] == "starting"
+    state.ready = True
+    assert run(call(app, "GET", "/readyz")).status_code == 200
+    state.start_draining()
+    assert run(call(app, "GET", "/readyz")).json()["error"] == "draining"
+    assert run(call(app, "GET", "/healthz")).status_code == 200  # liveness stays up
+
+
+def test_draining_refuses_new_work_before_any_handler(tmp_path: Path) -> None:
+    app, state = ready_app(tmp_path)
+    state.start_draining()
+    response = run(call(app, "POST", "/cms", content=b"{}", headers={"x-request-id": "late"}))
+    assert response.status_code == 503
+    assert response.headers["connection"] == "close"
+    assert response.headers["retry-after"] == "1"
+    assert not (tmp_path / "ledger.log").read_text()  # the handler never ran: safe to retry
+
+
+def test_in_flight_request_finishes_and_closes_its_connection() -> None:
+    app, state = ready_app()
+
+    async def scenario() -> httpx.Response:
+        slow = asyncio.create_task(call(app, "GET", "/cms?delay_ms=200"))
+        while state.in_flight == 0:
+            await asyncio.sleep(0.005)
+        state.start_draining()
+        late = await call(app, "GET", "/cms")
+        assert late.status_code == 503
+        assert state.in_flight == 1
+        return await slow
+
+    response = run(scenario())
+    assert response.status_code == 200
+    assert response.headers["connection"] == "close"
+    assert state.in_flight == 0
+
+
+def test_metrics_count_requests_by_route_and_status() -> None:
+    app, _ = ready_app()
+    run(call(app, "GET", "/cms"))
+    run(call(app, "GET", "/cms?delay_ms=x"))
+    text = run(call(app, "GET", "/metrics")).text
+    assert 'service_requests_total{method="GET",route="/cms",status="200"} 1.0' in text
+    assert 'service_requests_total{method="GET",route="/cms",status="400"} 1.0' in text
+    assert "service_draining 0.0" in text
+    assert "service_request_duration_seconds_bucket" in text
