@@ -10,13 +10,14 @@ import sys
 import threading
 import time
 from collections.abc import Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 from deploy.engine import Engine
 from deploy.errors import RolloutError
 from deploy.loadcheck import LoadPlan, LoadResult, check_ledgers, run_load
 from deploy.local import LocalEngine, LocalStack
-from deploy.report import summary
+from deploy.report import summary, write_report
 from deploy.rolling import Event, RestartResult, read_servers, rolling_restart
 
 RESTART_TIMEOUT_S = 90.0
@@ -76,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--slow-ms", type=int, default=200, help="delay of slow GETs (default 200)")
     check.add_argument("--timeout", type=float, default=30.0, help="per request (default 30 s)")
     check.add_argument("--url", help="target (default: the stack's frontend /cms)")
+    check.add_argument("--report", metavar="DIR",
+                       help="write report.json, report.md and timeline.png there")
     check.add_argument("--restart", action="store_true",
                        help="run a rolling restart while the load runs")
     check.add_argument("--restart-after", type=float, default=2.0,
@@ -216,6 +219,9 @@ def cmd_check(engine: LocalEngine, args: argparse.Namespace) -> int:
     )
     ledger = check_ledgers(result, engine.ledgers()) if engine.ledgers() else None
     print(summary(result, ledger, restart, plan.concurrency))
+    if args.report:
+        written = write_report(Path(args.report), result, ledger, restart, plan)
+        say("report: " + ", ".join(str(path) for path in written))
     failed = result.failed > 0 or (ledger is not None and not ledger.ok)
     if restart is not None and restart.error:
         say(restart.error)

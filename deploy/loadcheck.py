@@ -61,6 +61,7 @@ class Second:
     ok: int = 0
     failed: int = 0
     latencies_ms: list[float] = field(default_factory=list)
+    versions: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass
@@ -83,10 +84,14 @@ class LoadResult:
         return sum(self.failures.values())
 
     def percentile(self, q: float) -> float:
-        if not self.latencies_ms:
-            return 0.0
-        ordered = sorted(self.latencies_ms)
-        return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+        return percentile(self.latencies_ms, q)
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
 async def run_load(
@@ -129,7 +134,9 @@ async def run_load(
             latency = (now - began) * 1000
             result.latencies_ms.append(latency)
             bucket.latencies_ms.append(latency)
-            result.versions[str(body.get("version", "?"))] += 1
+            version = str(body.get("version", "?"))
+            result.versions[version] += 1
+            bucket.versions[version] += 1
             result.instances[str(body.get("instance", "?"))] += 1
 
     path = urlsplit(plan.url).path or "/"

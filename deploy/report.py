@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from deploy.loadcheck import LedgerCheck, LoadResult
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from deploy.loadcheck import LedgerCheck, LoadPlan, LoadResult, Second, percentile
 from deploy.rolling import RestartResult
 
 
@@ -37,3 +42,137 @@ def summary(
         state = "halted: " + (restart.error or "").splitlines()[0] if restart.error else "done"
         lines.append(f"restart    {per or 'none'} ({state})")
     return "\n".join(lines)
+
+
+def buckets(result: LoadResult) -> list[dict[str, object]]:
+    """Every second of the run: throughput, failures, latency and versions served."""
+    last = max(result.seconds, default=-1)
+    rows = []
+    for second in range(last + 1):
+        bucket = result.seconds.get(second, Second())
+        rows.append({
+            "t": second,
+            "ok": bucket.ok,
+            "failed": bucket.failed,
+            "p50_ms": round(percentile(bucket.latencies_ms, 50), 2),
+            "p99_ms": round(percentile(bucket.latencies_ms, 99), 2),
+            "versions": dict(bucket.versions),
+        })
+    return rows
+
+
+def write_report(
+    directory: Path,
+    result: LoadResult,
+    ledger: LedgerCheck | None,
+    restart: RestartResult | None,
+    plan: LoadPlan,
+) -> list[Path]:
+    """report.json (every bucket and event), report.md (summary) and timeline.png."""
+    directory.mkdir(parents=True, exist_ok=True)
+    events = [
+        {"t": round(e.at - result.started, 3), "instance": e.instance, "event": e.name, "detail": e.detail}
+        for e in (restart.events if restart else [])
+    ]
+    data = {
+        "plan": asdict(plan),
+        "started": result.started,
+        "elapsed_s": round(result.elapsed_s, 3),
+        "total": result.total,
+        "ok": result.ok,
+        "failed": result.failed,
+        "failures": dict(result.failures),
+        "kinds": dict(result.kinds),
+        "versions": dict(result.versions),
+        "p50_ms": round(result.percentile(50), 2),
+        "p99_ms": round(result.percentile(99), 2),
+        "max_ms": round(max(result.latencies_ms, default=0), 2),
+        "ledger": asdict(ledger) if ledger else None,
+        "restart": {"seconds": restart.seconds, "error": restart.error} if restart else None,
+        "events": events,
+        "seconds": buckets(result),
+    }
+    written = [directory / "report.json", directory / "report.md"]
+    written[0].write_text(json.dumps(data, indent=1) + "\n")
+    lines = [
+        "# Load check report",
+        "",
+        f"Target `{plan.url}`, concurrency {plan.concurrency}, POST share {plan.post_share}, "
+        f"slow share {plan.slow_share} ({plan.slow_ms} ms).",
+        "",
+        "| requests | ok | failed | req/s | p50 ms | p99 ms | max ms | versions |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| {result.total} | {result.ok} | {result.failed} "
+        f"| {result.total / max(result.elapsed_s, 1e-9):.0f} "
+        f"| {data['p50_ms']} | {data['p99_ms']} | {data['max_ms']} | "
+        + ", ".join(f"{v}: {n}" for v, n in sorted(result.versions.items())) + " |",
+        "",
+    ]
+    if result.failures:
+        lines += ["Failures by cause: " + ", ".join(f"{c} {n}" for c, n in result.failures.most_common()), ""]
+    if ledger:
+        lines += [f"POSTs: {ledger.answered} answered, {ledger.processed_once} processed exactly once, "
+                  f"{ledger.missing} missing, {ledger.duplicated} duplicated, {ledger.failed} failed "
+                  f"({ledger.failed_but_processed} of them processed).", ""]
+    if events:
+        lines += ["| t (s) | instance | event | detail |", "|---|---|---|---|"]
+        lines += [f"| {e['t']} | {e['instance']} | {e['event']} | {e['detail']} |" for e in events]
+        lines.append("")
+    png = directory / "timeline.png"
+    if plot_timeline(data, png):
+        lines += ["![timeline](timeline.png)", ""]
+        written.append(png)
+    written[1].write_text("\n".join(lines))
+    return written
+
+
+def plot_timeline(data: dict[str, Any], path: Path) -> bool:
+    """Requests/s, failures and p99 per second; restart events as marks; versions as a band."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    seconds = data["seconds"]
+    t = [row["t"] + 0.5 for row in seconds]
+    fig, (ax, band) = plt.subplots(
+        2, 1, sharex=True, figsize=(11, 5.5), gridspec_kw={"height_ratios": [5, 1]}
+    )
+    ax.plot(t, [row["ok"] for row in seconds], color="tab:blue", label="ok req/s")
+    ax.bar(t, [row["failed"] for row in seconds], color="tab:red", label="failed req/s")
+    ax.set_ylabel("requests per second")
+    ax.set_ylim(bottom=0)
+    latency = ax.twinx()
+    latency.plot(t, [row["p99_ms"] for row in seconds], color="tab:orange", label="p99 ms")
+    latency.set_ylabel("p99 latency (ms)")
+    latency.set_ylim(bottom=0)
+    colors = {"restart": "tab:purple", "started": "tab:gray", "ready": "tab:green", "failed": "tab:red"}
+    for event in data["events"]:
+        ax.axvline(event["t"], color=colors.get(event["event"], "black"), linestyle="--", linewidth=0.8)
+        ax.annotate(f"{event['instance']} {event['event']}", (event["t"], 0), rotation=90, fontsize=7,
+                    xytext=(2, 4), textcoords="offset points", va="bottom")
+    handles = ax.get_legend_handles_labels()[0] + latency.get_legend_handles_labels()[0]
+    ax.legend(handles=handles, loc="upper right", fontsize=8)
+    ax.set_title(
+        f"{data['total']} requests, {data['failed']} failed, p99 {data['p99_ms']} ms "
+        f"(concurrency {data['plan']['concurrency']})"
+    )
+    versions = sorted({v for row in seconds for v in row["versions"]})
+    bottom = [0.0] * len(seconds)
+    for version in versions:
+        shares = []
+        for row in seconds:
+            served = sum(row["versions"].values())
+            shares.append(row["versions"].get(version, 0) / served if served else 0.0)
+        band.bar(t, shares, bottom=bottom, width=1.0, label=version)
+        bottom = [b + s for b, s in zip(bottom, shares, strict=True)]
+    band.set_ylabel("versions")
+    band.set_yticks([])
+    band.set_xlabel("seconds since the load began")
+    band.legend(loc="upper right", fontsize=8, ncols=max(1, len(versions)))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

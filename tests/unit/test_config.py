@@ -36,7 +36,7 @@ def test_flags_and_environment() -> None:
     ("argv", "env", "message"),
     [
         (GOOD[:4], {}, "no app command"),
-        (GOOD[:4] + ["--"], {}, "no app command"),
+        ([*GOOD[:4], "--"], {}, "no app command"),
         (GOOD[2:], {}, "no HAProxy address"),
         (GOOD[:2] + GOOD[4:], {}, "no server name"),
         (["--haproxy", "localhost:9999", *GOOD[2:]], {}, "expected unix:///path or tcp://host:port"),
