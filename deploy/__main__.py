@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--app-base-port", type=int, default=int(env_default("APP_BASE_PORT", "8001")),
                     help="app1 listens here, app2 on the next port... (default 8001)")
     up.add_argument("--version", default="v1", help="version the instances start with (default v1)")
+    up.add_argument("--instances", type=int, default=3, help="number of instances, 3..32 (default 3)")
     up.add_argument("--no-agent", action="store_true",
                     help="run the app without drain-agent (only to reproduce the usual ways)")
     up.add_argument("--retry-on", default="conn-failure empty-response 503",
@@ -111,8 +112,11 @@ def make_engine(args: argparse.Namespace) -> LocalEngine:
                            ("--app-base-port", args.app_base_port)):
             if not 0 < port < 65533:
                 raise RolloutError(f"{flag} {port}: not a usable TCP port", exit_code=2)
+        if not 3 <= args.instances <= 32:
+            raise RolloutError(f"--instances {args.instances}: must be 3..32", exit_code=2)
         stack = LocalStack(
             state_dir=args.state_dir, port=args.port, stats_port=args.stats_port,
+            instances=args.instances,
             app_base_port=args.app_base_port, version=args.version, agent=not args.no_agent,
             retry_on=args.retry_on, retries=args.retries,
         )

@@ -178,10 +178,27 @@ files = conf.d/*.conf
             env[f"{instance.name.upper()}_ADDR"] = f"127.0.0.1:{self.app_port(instance)}"
         return env
 
+    def haproxy_config(self) -> Path:
+        """haproxy.cfg as it is for 3 instances; for more, a copy with a server line per instance."""
+        source = Path(self.stack.haproxy_cfg)
+        if self.stack.instances == 3:
+            return source
+        text = source.read_text()
+        last = 'server app3 "${APP3_ADDR-127.0.0.1:8003}"\n'
+        if last not in text:
+            raise RolloutError(f"{source}: cannot add servers (no app3 line); use --instances 3")
+        indent = text[: text.index(last)].rsplit("\n", 1)[1]
+        extra = "".join(
+            f'{indent}server {i.server} "${{{i.name.upper()}_ADDR}}"\n' for i in self.instances()[3:]
+        )
+        target = self.root / "haproxy.cfg"
+        target.write_text(text.replace(last, last + extra))
+        return target
+
     def write_haproxy_program(self) -> None:
         (self.root / "conf.d" / "haproxy.conf").write_text(
             f"""[program:haproxy]
-command={haproxy_binary()} -W -db -f {self.stack.haproxy_cfg}
+command={haproxy_binary()} -W -db -f {self.haproxy_config()}
 environment={supervisor_env(self.haproxy_env())}
 priority=10
 startsecs=1

@@ -34,7 +34,8 @@ def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def create_app(config: ServiceConfig, state: DrainState | None = None) -> Starlette:
+def create_app(config: ServiceConfig, state: DrainState | None = None, *, drain: bool = True) -> Starlette:
+    """The service. `drain=False` leaves out the 503 drain (only to measure what it costs)."""
     state = state or DrainState()
     metrics = ServiceMetrics(state)
     identity = {"instance": config.instance, "version": config.version, "pid": os.getpid()}
@@ -117,7 +118,7 @@ def create_app(config: ServiceConfig, state: DrainState | None = None) -> Starle
         ],
         middleware=[
             Middleware(MetricsMiddleware, metrics=metrics),
-            Middleware(DrainMiddleware, state=state),
+            *([Middleware(DrainMiddleware, state=state)] if drain else []),
         ],
         lifespan=lifespan,
     )

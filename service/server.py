@@ -76,12 +76,12 @@ class DrainingServer(uvicorn.Server):
         return False
 
 
-def build_server(service: ServiceConfig) -> DrainingServer:
+def build_server(service: ServiceConfig, *, drain: bool = True) -> DrainingServer:
     from service.app import create_app
 
     state = DrainState()
     config = uvicorn.Config(
-        create_app(service, state),
+        create_app(service, state, drain=drain),
         host=service.host,
         port=service.port,
         lifespan="on",
