@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
+
+from deploy.local import LocalEngine, LocalStack, pid_alive
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -141,3 +145,89 @@ class HAProxy:
 
         rows = parse_stat_csv(self.command("show stat app 4 -1"))
         return next(r for r in rows if r["svname"] == name)
+
+
+LINE = re.compile(r"^(\S+Z) \S+ (?:event=(\S+))?(.*)$")
+
+
+def event_times(log: str) -> dict[str, float]:
+    """First time each event= appears in a drain-agent/service log (UTC stamps)."""
+    times: dict[str, float] = {}
+    for line in log.splitlines():
+        match = LINE.match(line)
+        if match and match.group(2):
+            stamp = datetime.strptime(match.group(1), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+            times.setdefault(match.group(2), stamp.timestamp())
+    return times
+
+
+def start_agent(procs: Processes, haproxy: HAProxy, port: int, *extra: str, env: dict[str, str] | None = None,
+                command: list[str] | None = None) -> object:
+    return procs.start(
+        [str(BIN / "drain-agent"), "--haproxy", haproxy.address, "--server", "app1",
+         "--ready-url", f"http://127.0.0.1:{port}/readyz", *extra, "--",
+         *(command or [sys.executable, "-m", "service"])],
+        {"SERVICE_PORT": str(port), "SERVICE_INSTANCE": "app1", **(env or {})},
+        "agent",
+    )
+
+
+@pytest.fixture
+def haproxy(procs: Processes, tmp_path: Path) -> HAProxy:
+    return HAProxy(procs, tmp_path, [free_port(), free_port(), free_port()])
+
+
+
+
+def make_stack(tmp_path: Path, **options: object) -> LocalEngine:
+    stack = LocalStack(
+        state_dir=str(tmp_path / "stack"), port=free_port(), stats_port=free_port(),
+        app_base_port=free_port_run(3), **options,  # type: ignore[arg-type]
+    )
+    return LocalEngine(stack)
+
+
+def free_port_run(count: int) -> int:
+    """A base port with `count` free ports after it."""
+    for _ in range(50):
+        base = free_port()
+        if base + count < 65535 and all(not _in_use(base + i) for i in range(count)):
+            return base
+    raise RuntimeError("no run of free ports")
+
+
+def _in_use(port: int) -> bool:
+    from deploy.local import port_in_use
+
+    return port_in_use(port)
+
+
+def shut_down(engine: LocalEngine) -> None:
+    pidfile = engine.root / "supervisord.pid"
+    pid = int(pidfile.read_text()) if pidfile.exists() else None
+    try:
+        engine.down()
+    finally:
+        if pid is not None and pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def stack_factory(tmp_path: Path) -> Iterator[object]:
+    engines: list[LocalEngine] = []
+
+    def start(**options: object) -> LocalEngine:
+        engine = make_stack(tmp_path, **options)
+        engines.append(engine)
+        engine.up()
+        for instance in engine.instances():
+            from deploy.rolling import wait_ready
+
+            wait_ready(engine, instance, None, 30)
+        return engine
+
+    yield start
+    for engine in engines:
+        shut_down(engine)
+
+

@@ -4,46 +4,15 @@ from __future__ import annotations
 
 import re
 import signal
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import BIN, HAProxy, Processes, free_port, wait_for
-
-LINE = re.compile(r"^(\S+Z) \S+ (?:event=(\S+))?(.*)$")
-
-
-def event_times(log: str) -> dict[str, float]:
-    """First time each event= appears in a drain-agent/service log (UTC stamps)."""
-    times: dict[str, float] = {}
-    for line in log.splitlines():
-        match = LINE.match(line)
-        if match and match.group(2):
-            stamp = datetime.strptime(match.group(1), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-            times.setdefault(match.group(2), stamp.timestamp())
-    return times
-
-
-def start_agent(procs: Processes, haproxy: HAProxy, port: int, *extra: str, env: dict[str, str] | None = None,
-                command: list[str] | None = None) -> object:
-    return procs.start(
-        [str(BIN / "drain-agent"), "--haproxy", haproxy.address, "--server", "app1",
-         "--ready-url", f"http://127.0.0.1:{port}/readyz", *extra, "--",
-         *(command or [sys.executable, "-m", "service"])],
-        {"SERVICE_PORT": str(port), "SERVICE_INSTANCE": "app1", **(env or {})},
-        "agent",
-    )
-
-
-@pytest.fixture
-def haproxy(procs: Processes, tmp_path: Path) -> HAProxy:
-    return HAProxy(procs, tmp_path, [free_port(), free_port(), free_port()])
+from tests.conftest import BIN, HAProxy, Processes, event_times, start_agent, wait_for
 
 
 def test_haproxy_drains_before_the_app_gets_sigterm(procs: Processes, haproxy: HAProxy) -> None:

@@ -7,73 +7,17 @@ or the zero means nothing.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import uvloop
 
 from deploy.loadcheck import LoadPlan, LoadResult, check_ledgers, run_load
-from deploy.local import LocalEngine, LocalStack, pid_alive
+from deploy.local import LocalEngine
 from deploy.rolling import Event, RestartResult, read_servers, rolling_restart
-from tests.conftest import BIN, free_port
-
-
-def make_stack(tmp_path: Path, **options: object) -> LocalEngine:
-    stack = LocalStack(
-        state_dir=str(tmp_path / "stack"), port=free_port(), stats_port=free_port(),
-        app_base_port=free_port_run(3), **options,  # type: ignore[arg-type]
-    )
-    return LocalEngine(stack)
-
-
-def free_port_run(count: int) -> int:
-    """A base port with `count` free ports after it."""
-    for _ in range(50):
-        base = free_port()
-        if base + count < 65535 and all(not _in_use(base + i) for i in range(count)):
-            return base
-    raise RuntimeError("no run of free ports")
-
-
-def _in_use(port: int) -> bool:
-    from deploy.local import port_in_use
-
-    return port_in_use(port)
-
-
-def shut_down(engine: LocalEngine) -> None:
-    pidfile = engine.root / "supervisord.pid"
-    pid = int(pidfile.read_text()) if pidfile.exists() else None
-    try:
-        engine.down()
-    finally:
-        if pid is not None and pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)
-
-
-@pytest.fixture
-def stack_factory(tmp_path: Path) -> Iterator[object]:
-    engines: list[LocalEngine] = []
-
-    def start(**options: object) -> LocalEngine:
-        engine = make_stack(tmp_path, **options)
-        engines.append(engine)
-        engine.up()
-        for instance in engine.instances():
-            from deploy.rolling import wait_ready
-
-            wait_ready(engine, instance, None, 30)
-        return engine
-
-    yield start
-    for engine in engines:
-        shut_down(engine)
+from tests.conftest import BIN, make_stack, shut_down
 
 
 def load_with_restart(engine: LocalEngine, version: str, requests: int = 20_000) -> tuple[LoadResult, RestartResult]:

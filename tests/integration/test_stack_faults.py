@@ -1,0 +1,104 @@
+"""Faults in the middle of a deploy of the local stack, under load from the strict checker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import httpx
+import uvloop
+
+from deploy.loadcheck import LoadPlan, check_ledgers, run_load
+from deploy.local import LocalEngine
+from deploy.rolling import Event, RestartResult, read_servers, rolling_restart, wait_ready
+from tests.conftest import wait_for
+
+BAD_RELEASE = {"SERVICE_WARMUP_S": "600", "DRAIN_AGENT_START_TIMEOUT": "3"}
+
+
+def plan(engine: LocalEngine, **options: object) -> LoadPlan:
+    return LoadPlan(url=f"{engine.frontend_url()}/cms", **{  # type: ignore[arg-type]
+        "requests": 5000, "concurrency": 100, "post_share": 0.2, "slow_share": 0.1, "slow_ms": 150, **options})
+
+
+def test_release_that_never_gets_ready_halts_and_loses_nothing(stack_factory) -> None:  # type: ignore[no-untyped-def]
+    engine = stack_factory()
+    outcomes: list[RestartResult] = []
+    statuses: list[dict[str, str]] = []
+    done = threading.Event()
+
+    def deploy() -> None:
+        try:
+            time.sleep(0.5)
+            outcomes.append(rolling_restart(engine, "bad", BAD_RELEASE, 6, lambda e: None))
+            statuses.append({name: s.status for name, s in read_servers(engine).items()})
+            outcomes.append(rolling_restart(engine, "v1", {}, 60, lambda e: None))  # the recovery
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=deploy)
+    thread.start()
+    result = uvloop.run(run_load(plan(engine), keep_going=lambda: not done.is_set()))
+    thread.join()
+
+    bad, recovery = outcomes
+    assert bad.error is not None and "[app1] not ready and UP within 6s" in bad.error
+    assert "untouched: app2, app3" in bad.error
+    assert list(bad.seconds) == []  # not one instance was declared ready
+    assert statuses[0]["app1"] in ("MAINT", "DRAIN") and statuses[0]["app2"] == statuses[0]["app3"] == "UP"
+    assert recovery.error is None
+    assert [engine.version_of(i) for i in engine.instances()] == ["v1", "v1", "v1"]
+    assert result.versions.keys() == {"v1"}  # "bad" never served a request
+    assert result.failed == 0, result.failures
+    assert check_ledgers(result, engine.ledgers()).ok
+
+
+def test_app_crash_is_taken_out_at_once_and_failures_stay_bounded(stack_factory) -> None:  # type: ignore[no-untyped-def]
+    engine = stack_factory()
+    app1 = engine.instances()[0]
+    pid = int(httpx.get(f"http://127.0.0.1:{engine.app_port(app1)}/version").json()["pid"])
+    killed = threading.Event()
+
+    def crash() -> None:
+        time.sleep(1.0)
+        os.kill(pid, signal.SIGKILL)  # the app, not its agent
+        killed.set()
+
+    threading.Thread(target=crash).start()
+    result = uvloop.run(run_load(plan(engine, requests=15000, concurrency=60)))
+    assert killed.is_set()
+    log = engine.log_tail(app1, 400)
+    assert "killed by SIGKILL" in log
+    crash_line = next(i for i, line in enumerate(log.splitlines()) if "killed by SIGKILL" in line)
+    assert any("event=haproxy.maint" in line for line in log.splitlines()[crash_line - 2 : crash_line + 2])
+    print(f"\napp1 SIGKILLed under load: {result.total} requests, {result.failed} failed {dict(result.failures)}")
+    # At most the requests in flight on app1 (a third of 60) can fail; retries cover most.
+    assert result.failed <= 20
+    wait_ready(engine, app1, "v1", 30)  # supervisor restarts the agent; it comes back UP
+
+
+def test_haproxy_restart_in_the_middle_of_a_rollout(stack_factory) -> None:  # type: ignore[no-untyped-def]
+    engine = stack_factory()
+    events: list[Event] = []
+    outcome: list[RestartResult] = []
+
+    def deploy() -> None:
+        outcome.append(rolling_restart(engine, "v2", {}, 60, events.append))
+
+    thread = threading.Thread(target=deploy)
+    thread.start()
+    wait_for(lambda: any(e.name == "ready" for e in events), timeout=30, what="app1 restarted")
+    engine.supervisor("stopProcess", "haproxy")
+    time.sleep(0.5)
+    engine.supervisor("startProcess", "haproxy")
+    thread.join(timeout=120)
+
+    assert outcome and outcome[0].error is None
+    servers = read_servers(engine)
+    assert {name: s.status for name, s in servers.items()} == {"app1": "UP", "app2": "UP", "app3": "UP"}
+    assert [engine.version_of(i) for i in engine.instances()] == ["v2", "v2", "v2"]
+    # app1 was already serving when HAProxy came back: its agent re-asserted `ready`.
+    wait_for(lambda: "event=haproxy.reasserted" in engine.log_tail(engine.instances()[0], 200),
+             what="app1's agent re-asserted its state")
