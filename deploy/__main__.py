@@ -13,6 +13,7 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
+from deploy import bluegreen
 from deploy.engine import Engine
 from deploy.errors import RolloutError
 from deploy.loadcheck import LoadPlan, LoadResult, check_ledgers, run_load
@@ -55,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="app1 listens here, app2 on the next port... (default 8001)")
     up.add_argument("--version", default="v1", help="version the instances start with (default v1)")
     up.add_argument("--instances", type=int, default=3, help="number of instances, 3..32 (default 3)")
+    up.add_argument("--blue-green", action="store_true",
+                    help="two pools, blue1-2 and green1-2, behind a map switch (blue active)")
     up.add_argument("--no-agent", action="store_true",
                     help="run the app without drain-agent (only to reproduce the usual ways)")
     up.add_argument("--retry-on", default="conn-failure empty-response 503",
@@ -66,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     restart = sub.add_parser("restart", help="rolling restart, one instance at a time")
     add_restart_options(restart)
+
+    switch = sub.add_parser("switch", help="blue/green: move all traffic to the other pool")
+    switch.add_argument("color", help="blue or green")
+    switch.add_argument("--drain-timeout", type=float, default=60.0,
+                        help="max wait for the old pool's sessions to end (default 60 s)")
+
+    release = sub.add_parser("release", help="blue/green: deploy to the idle pool, then switch to it")
+    add_restart_options(release)
 
     check = sub.add_parser("check", help="load the frontend, optionally restarting in the middle")
     group = check.add_mutually_exclusive_group()
@@ -118,6 +129,7 @@ def make_engine(args: argparse.Namespace) -> LocalEngine:
             state_dir=args.state_dir, port=args.port, stats_port=args.stats_port,
             instances=args.instances,
             app_base_port=args.app_base_port, version=args.version, agent=not args.no_agent,
+            blue_green=args.blue_green,
             retry_on=args.retry_on, retries=args.retries,
         )
         return LocalEngine(stack)
@@ -156,12 +168,23 @@ def cmd_up(engine: LocalEngine, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_status(engine: Engine) -> int:
-    servers = read_servers(engine)
-    rows = [("SERVER", "HAPROXY", "SESSIONS", "QUEUED", "VERSION")]
+def cmd_status(engine: LocalEngine) -> int:
+    servers = {}
+    for backend in sorted({i.backend for i in engine.instances()}):
+        servers.update({(backend, name): stat for name, stat in read_servers(engine, backend).items()})
+    blue_green = engine.blue_green
+    if blue_green:
+        live, saved = bluegreen.active_color(engine), bluegreen.file_color(engine)
+        note = "" if live == saved else f" (map file says {saved}: a HAProxy restart would switch!)"
+        print(f"active: {live}{note}")
+    rows: list[tuple[str, ...]] = [("SERVER", "HAPROXY", "SESSIONS", "QUEUED", "VERSION")]
+    if blue_green:
+        rows = [("POOL", *rows[0])]
     for instance in engine.instances():
-        stat = servers.get(instance.server)
+        stat = servers.get((instance.backend, instance.server))
+        pool = (instance.backend,) if blue_green else ()
         rows.append((
+            *pool,
             instance.name,
             stat.status if stat else "missing",
             str(stat.scur) if stat else "-",
@@ -182,6 +205,25 @@ def cmd_restart(engine: Engine, args: argparse.Namespace) -> int:
         raise RolloutError(result.error)
     say(f"rolling restart done in {time.monotonic() - began:.1f}s")
     return 0
+
+
+def cmd_switch(engine: LocalEngine, args: argparse.Namespace) -> int:
+    require_blue_green(engine)
+    bluegreen.switch(engine, args.color, say, args.drain_timeout)
+    return 0
+
+
+def cmd_release(engine: LocalEngine, args: argparse.Namespace) -> int:
+    require_blue_green(engine)
+    if not args.version:
+        raise RolloutError("release needs --version", exit_code=2)
+    bluegreen.release(engine, args.version, parse_env(args.env), args.restart_timeout, print_event, say)
+    return 0
+
+
+def require_blue_green(engine: LocalEngine) -> None:
+    if not engine.blue_green:
+        raise RolloutError("this stack has one pool; start it with `rollout up --blue-green`", exit_code=2)
 
 
 def cmd_check(engine: LocalEngine, args: argparse.Namespace) -> int:
@@ -258,6 +300,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_status(engine)
         if args.command == "restart":
             return cmd_restart(engine, args)
+        if args.command == "switch":
+            return cmd_switch(engine, args)
+        if args.command == "release":
+            return cmd_release(engine, args)
         return cmd_check(engine, args)
     except RolloutError as exc:
         say(f"rollout: {exc}")

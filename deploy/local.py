@@ -8,6 +8,7 @@ conf per program in conf.d/, logs/, the HAProxy admin socket (mode 600) and ledg
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -24,7 +25,8 @@ from typing import Any
 
 import httpx
 
-from deploy.engine import BACKEND, Instance
+from agent.haproxy import Address, RuntimeAPI
+from deploy.engine import Instance
 from deploy.errors import RolloutError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -49,6 +51,7 @@ class LocalStack:
     retry_on: str = "conn-failure empty-response 503"
     retries: int = 3
     haproxy_cfg: str = str(DEFAULT_HAPROXY_CFG)
+    blue_green: bool = False  # two pools (blue1, blue2, green1, green2) behind a map switch
     app_env: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -112,11 +115,31 @@ class LocalEngine:
     def supervisor_socket(self) -> Path:
         return self.root / "supervisor.sock"
 
+    @property
+    def blue_green(self) -> bool:
+        return self.stack.blue_green
+
+    @property
+    def color_map(self) -> Path:
+        return self.root / "colors.map"
+
     def instances(self) -> list[Instance]:
+        if self.stack.blue_green:
+            return [Instance(f"{c}{i}", f"{c}{i}", c) for c in ("blue", "green") for i in (1, 2)]
         return [Instance(f"app{i}", f"app{i}") for i in range(1, self.stack.instances + 1)]
 
     def app_port(self, instance: Instance) -> int:
-        return self.stack.app_base_port + int(instance.name.removeprefix("app")) - 1
+        names = [i.name for i in self.instances()]
+        return self.stack.app_base_port + names.index(instance.name)
+
+    def haproxy_command(self, line: str) -> str:
+        """One Runtime API command, over the owner-only admin socket."""
+        from agent.errors import HAProxyError
+
+        try:
+            return asyncio.run(RuntimeAPI(Address(path=str(self.admin_socket))).command(line))
+        except HAProxyError as exc:
+            raise RolloutError(str(exc)) from None
 
     def stats_url(self) -> str:
         return f"http://127.0.0.1:{self.stack.stats_port}/stats;csv;norefresh"
@@ -162,6 +185,8 @@ serverurl=unix://{self.supervisor_socket}
 files = conf.d/*.conf
 """
         )
+        if self.stack.blue_green:
+            self.color_map.write_text("active blue\n")
         self.write_haproxy_program()
         for instance in self.instances():
             self.write_app_program(instance, self.stack.version, {})
@@ -174,9 +199,17 @@ files = conf.d/*.conf
             "HAPROXY_RETRIES": str(self.stack.retries),
             "HAPROXY_RETRY_ON": self.stack.retry_on,
         }
+        if self.stack.blue_green:
+            env["HAPROXY_COLOR_MAP"] = str(self.color_map)
+            env["HAPROXY_APP_SERVER_OPTS"] = "disabled"
         for instance in self.instances():
             env[f"{instance.name.upper()}_ADDR"] = f"127.0.0.1:{self.app_port(instance)}"
         return env
+
+    def haproxy_configs(self) -> list[Path]:
+        if self.stack.blue_green:
+            return [Path(self.stack.haproxy_cfg), Path(self.stack.haproxy_cfg).with_name("bluegreen.cfg")]
+        return [self.haproxy_config()]
 
     def haproxy_config(self) -> Path:
         """haproxy.cfg as it is for 3 instances; for more, a copy with a server line per instance."""
@@ -198,7 +231,7 @@ files = conf.d/*.conf
     def write_haproxy_program(self) -> None:
         (self.root / "conf.d" / "haproxy.conf").write_text(
             f"""[program:haproxy]
-command={haproxy_binary()} -W -db -f {self.haproxy_config()}
+command={haproxy_binary()} -W -db {" ".join(f"-f {cfg}" for cfg in self.haproxy_configs())}
 environment={supervisor_env(self.haproxy_env())}
 priority=10
 startsecs=1
@@ -217,7 +250,7 @@ stdout_logfile={self.root / "logs" / "haproxy.log"}
             return app
         agent = Path(python).with_name("drain-agent")
         return (
-            f"{agent} --haproxy unix://{self.admin_socket} --backend {BACKEND} "
+            f"{agent} --haproxy unix://{self.admin_socket} --backend {instance.backend} "
             f"--server {instance.server} --ready-url http://127.0.0.1:{self.app_port(instance)}/readyz "
             f"--drain-timeout {DRAIN_TIMEOUT_S} --stop-timeout {APP_STOP_TIMEOUT_S} -- {app}"
         )

@@ -74,7 +74,9 @@ def rolling_restart(
     env: Mapping[str, str],
     timeout_s: float,
     report: Callable[[Event], None],
+    instances: list[Instance] | None = None,
 ) -> RestartResult:
+    """Restart `instances` (default: all) one at a time; halt at the first that fails."""
     result = RestartResult()
 
     def emit(instance: Instance, name: str, detail: str = "") -> None:
@@ -82,7 +84,7 @@ def rolling_restart(
         result.events.append(event)
         report(event)
 
-    instances = engine.instances()
+    instances = engine.instances() if instances is None else instances
     for index, instance in enumerate(instances):
         before = engine.version_of(instance)
         emit(instance, "restart", f"{before or '?'} -> {version or before or '?'}")

@@ -1,0 +1,131 @@
+"""Blue/green: two pools behind a map switch in HAProxy, persisted so a restart keeps it.
+
+HAProxy's `set map` lives in memory only: a restart or reload reads the map file again.
+So a switch does both, in this order: `set map` (traffic moves at once), then the file
+(write + rename, atomic). It refuses a pool that is not entirely UP, and afterwards
+waits for the old pool to finish its requests, which then stays warm for a rollback.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from deploy.engine import Engine
+from deploy.errors import RolloutError
+from deploy.rolling import Event, read_servers, rolling_restart
+
+COLORS = ("blue", "green")
+MAP_KEY = "active"
+
+
+class BlueGreenEngine(Engine, Protocol):
+    @property
+    def color_map(self) -> Path: ...
+
+    def haproxy_command(self, line: str) -> str: ...
+
+
+@dataclass
+class SwitchResult:
+    old: str
+    new: str
+    drained_s: float  # until the old pool had no session and no queued request
+
+
+def other(color: str) -> str:
+    return COLORS[1 - COLORS.index(color)]
+
+
+def check_color(color: str) -> str:
+    if color not in COLORS:
+        raise RolloutError(f"unknown color {color!r}: use blue or green", exit_code=2)
+    return color
+
+
+def file_color(engine: BlueGreenEngine) -> str:
+    for line in engine.color_map.read_text().splitlines():
+        key, _, value = line.partition(" ")
+        if key == MAP_KEY and value.strip() in COLORS:
+            return value.strip()
+    raise RolloutError(f"{engine.color_map} has no '{MAP_KEY} blue|green' line")
+
+
+def active_color(engine: BlueGreenEngine) -> str:
+    """What HAProxy uses now (`show map`), which a restart would replace by the file's."""
+    reply = engine.haproxy_command(f"show map {engine.color_map}")
+    for line in reply.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1] == MAP_KEY and parts[2] in COLORS:
+            return parts[2]
+    raise RolloutError(f"HAProxy's map {engine.color_map} has no '{MAP_KEY}' entry: {reply.strip()[:200]!r}")
+
+
+def write_map(path: Path, color: str) -> None:
+    """Atomically: a reader (HAProxy at start) sees the old file or the new one, never half."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(f"{MAP_KEY} {color}\n")
+    with tmp.open("rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def switch(
+    engine: BlueGreenEngine, color: str, say: Callable[[str], None], drain_timeout_s: float = 60.0
+) -> SwitchResult:
+    check_color(color)
+    servers = read_servers(engine, color)
+    not_up = {name: stat.status for name, stat in servers.items() if stat.status != "UP"}
+    if not servers or not_up:
+        detail = ", ".join(f"{name} ({status})" for name, status in not_up.items()) or "no servers"
+        raise RolloutError(f"refusing to switch to {color}: not UP and ready: {detail}")
+    old = active_color(engine)
+    if old == color:
+        write_map(engine.color_map, color)
+        say(f"{color} is already active")
+        return SwitchResult(old, color, 0.0)
+    reply = engine.haproxy_command(f"set map {engine.color_map} {MAP_KEY} {color}").strip()
+    if reply:
+        raise RolloutError(f"HAProxy refused the switch to {color}: {reply[:200]}")
+    write_map(engine.color_map, color)
+    switched = time.monotonic()
+    say(f"switched: {old} -> {color} (HAProxy and {engine.color_map})")
+    deadline = switched + drain_timeout_s
+    last_report = 0.0
+    while True:
+        busy = sum(stat.busy for stat in read_servers(engine, old).values())
+        now = time.monotonic()
+        if busy == 0:
+            break
+        if now > deadline:
+            say(f"warning: {old} still has {busy} sessions after {drain_timeout_s:g}s; leaving them")
+            break
+        if now - last_report >= 1.0:
+            say(f"waiting for {old} to finish: {busy} sessions")
+            last_report = now
+        time.sleep(0.05)
+    drained_s = time.monotonic() - switched
+    say(f"{old} drained in {drained_s:.2f}s; it stays up for a rollback (`rollout switch {old}`)")
+    return SwitchResult(old, color, drained_s)
+
+
+def release(
+    engine: BlueGreenEngine,
+    version: str,
+    env: Mapping[str, str],
+    timeout_s: float,
+    report: Callable[[Event], None],
+    say: Callable[[str], None],
+) -> SwitchResult:
+    """Deploy `version` to the idle pool, one instance at a time, then switch to it."""
+    idle = other(active_color(engine))
+    say(f"releasing {version} to {idle}")
+    pool = [i for i in engine.instances() if i.backend == idle]
+    result = rolling_restart(engine, version, env, timeout_s, report, pool)
+    if result.error:
+        raise RolloutError(f"{result.error}\nno switch: traffic stays on {other(idle)}")
+    return switch(engine, idle, say)

@@ -1,0 +1,134 @@
+"""Blue/green on the local stack: switch and rollback under load, refusals, persistence."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+import uvloop
+
+from deploy import bluegreen
+from deploy.errors import RolloutError
+from deploy.loadcheck import LoadPlan, check_ledgers, run_load
+from deploy.rolling import read_servers, rolling_restart
+from tests.conftest import wait_for
+
+
+def quiet(message: str) -> None:
+    pass
+
+
+@pytest.fixture
+def pools(stack_factory):  # type: ignore[no-untyped-def]
+    """Blue serving v1 (active), green on v2 (idle)."""
+    engine = stack_factory(blue_green=True)
+    green = [i for i in engine.instances() if i.backend == "green"]
+    assert rolling_restart(engine, "v2", {}, 60, lambda e: None, green).error is None
+    return engine
+
+
+def load(engine, requests: int = 20_000, during=None):  # type: ignore[no-untyped-def]
+    plan = LoadPlan(url=f"{engine.frontend_url()}/cms", requests=requests, concurrency=100,
+                    post_share=0.2, slow_share=0.1, slow_ms=150)
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            if during:
+                during()
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    result = uvloop.run(run_load(plan, keep_going=lambda: not done.is_set()))
+    thread.join()
+    if errors:
+        raise errors[0]
+    return result
+
+
+def test_switch_and_rollback_under_load_lose_nothing(pools) -> None:  # type: ignore[no-untyped-def]
+    engine = pools
+    switches = []
+
+    def during() -> None:
+        time.sleep(1.5)
+        switches.append(bluegreen.switch(engine, "green", quiet))
+        time.sleep(1.5)
+        switches.append(bluegreen.switch(engine, "blue", quiet))  # the rollback
+        time.sleep(1.0)
+
+    result = load(engine, during=during)
+    assert result.failed == 0, result.failures
+    assert check_ledgers(result, engine.ledgers()).ok
+    assert result.versions.keys() == {"v1", "v2"}
+    # Responses moved: blue's v1, then green's v2, then blue's v1 again.
+    served = [max(b.versions, key=b.versions.__getitem__) for _, b in sorted(result.seconds.items()) if b.versions]
+    assert served[0] == "v1" and "v2" in served and served[-1] == "v1"
+    assert [s.old for s in switches] == ["blue", "green"]
+    assert all(s.drained_s < 5 for s in switches)  # the old pool reached 0 sessions
+    assert sum(s.busy for s in read_servers(engine, "green").values()) == 0
+    assert bluegreen.active_color(engine) == bluegreen.file_color(engine) == "blue"
+
+
+def test_switch_to_a_pool_that_is_not_all_up_is_refused(pools) -> None:  # type: ignore[no-untyped-def]
+    engine = pools
+    engine.supervisor("stopProcess", "green1")  # its agent puts it in maint on the way out
+    with pytest.raises(RolloutError, match=r"refusing to switch to green: not UP and ready: green1 \(MAINT\)"):
+        bluegreen.switch(engine, "green", quiet)
+    assert bluegreen.active_color(engine) == bluegreen.file_color(engine) == "blue"
+    assert httpx.get(f"{engine.frontend_url()}/cms").json()["instance"].startswith("blue")
+
+    # Not ready: green1 comes back with a release that never gets ready.
+    engine.write_app_program(engine.instances()[2], "v2", {"SERVICE_WARMUP_S": "600"})
+    engine.supervisor("reloadConfig")
+    engine.supervisor("removeProcessGroup", "green1")
+    engine.supervisor("addProcessGroup", "green1")
+    time.sleep(1.0)
+    with pytest.raises(RolloutError, match=r"not UP and ready: green1"):
+        bluegreen.switch(engine, "green", quiet)
+    assert bluegreen.active_color(engine) == "blue"
+
+
+def test_a_switch_survives_a_haproxy_restart(pools) -> None:  # type: ignore[no-untyped-def]
+    engine = pools
+    bluegreen.switch(engine, "green", quiet)
+    engine.supervisor("stopProcess", "haproxy")
+    engine.supervisor("startProcess", "haproxy")
+    wait_for(lambda: _answers(engine), what="HAProxy back")
+    assert bluegreen.active_color(engine) == "green"
+    wait_for(lambda: {s.status for s in read_servers(engine, "green").values()} == {"UP"}, what="green UP")
+    instances = {httpx.get(f"{engine.frontend_url()}/cms").json()["instance"] for _ in range(6)}
+    assert instances == {"green1", "green2"}
+
+
+def test_release_that_never_gets_ready_never_switches(pools) -> None:  # type: ignore[no-untyped-def]
+    engine = pools
+    outcome: list[BaseException] = []
+
+    def during() -> None:
+        time.sleep(0.5)
+        try:
+            bluegreen.release(engine, "v3", {"SERVICE_WARMUP_S": "600", "DRAIN_AGENT_START_TIMEOUT": "3"}, 5,
+                              lambda e: None, quiet)
+        except RolloutError as exc:
+            outcome.append(exc)
+
+    result = load(engine, requests=8000, during=during)
+    assert outcome and "no switch: traffic stays on blue" in str(outcome[0])
+    assert bluegreen.active_color(engine) == bluegreen.file_color(engine) == "blue"
+    assert result.versions.keys() == {"v1"}
+    assert result.failed == 0, result.failures
+
+
+def _answers(engine) -> bool:  # type: ignore[no-untyped-def]
+    try:
+        return httpx.get(f"{engine.frontend_url()}/cms", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
