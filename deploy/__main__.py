@@ -20,6 +20,7 @@ from deploy.loadcheck import LoadPlan, LoadResult, check_ledgers, run_load
 from deploy.local import LocalEngine, LocalStack
 from deploy.report import summary, write_report
 from deploy.rolling import Event, RestartResult, read_servers, rolling_restart
+from deploy.timeline import instance_timeline
 
 RESTART_TIMEOUT_S = 90.0
 
@@ -266,7 +267,8 @@ def cmd_check(engine: LocalEngine, args: argparse.Namespace) -> int:
     ledger = check_ledgers(result, engine.ledgers()) if engine.ledgers() else None
     print(summary(result, ledger, restart, plan.concurrency))
     if args.report:
-        written = write_report(Path(args.report), result, ledger, restart, plan)
+        timeline = instance_timeline(engine, result.started)
+        written = write_report(Path(args.report), result, ledger, restart, plan, timeline)
         say("report: " + ", ".join(str(path) for path in written))
     failed = result.failed > 0 or (ledger is not None and not ledger.ok)
     if restart is not None and restart.error:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.loadcheck import LedgerCheck, LoadPlan, LoadResult, Second, percentile
-from deploy.rolling import RestartResult
+from deploy.rolling import Event, RestartResult
 
 
 def summary(
@@ -67,13 +67,23 @@ def write_report(
     ledger: LedgerCheck | None,
     restart: RestartResult | None,
     plan: LoadPlan,
+    instance_events: list[Event] | None = None,
 ) -> list[Path]:
-    """report.json (every bucket and event), report.md (summary) and timeline.png."""
+    """report.json (every bucket and event), report.md (summary) and timeline.png.
+
+    `instance_events` (from the agents' logs) are the marks on the plot when there are any;
+    rollout's own restart events are kept in the JSON and the table either way."""
     directory.mkdir(parents=True, exist_ok=True)
-    events = [
-        {"t": round(e.at - result.started, 3), "instance": e.instance, "event": e.name, "detail": e.detail}
-        for e in (restart.events if restart else [])
-    ]
+
+    def as_dicts(events: list[Event]) -> list[dict[str, object]]:
+        return [
+            {"t": round(e.at - result.started, 3), "instance": e.instance, "event": e.name,
+             "detail": e.detail}
+            for e in events
+        ]
+
+    events = as_dicts(restart.events if restart else [])
+    marks = as_dicts(instance_events or []) or events
     data = {
         "plan": asdict(plan),
         "started": result.started,
@@ -90,6 +100,7 @@ def write_report(
         "ledger": asdict(ledger) if ledger else None,
         "restart": {"seconds": restart.seconds, "error": restart.error} if restart else None,
         "events": events,
+        "instance_events": marks,
         "seconds": buckets(result),
     }
     written = [directory / "report.json", directory / "report.md"]
@@ -135,7 +146,8 @@ def plot_timeline(data: dict[str, Any], path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    seconds = data["seconds"]
+    # The last second is usually cut short by the end of the run: it would look like a dip.
+    seconds = [row for row in data["seconds"] if row["t"] + 1 <= data["elapsed_s"]] or data["seconds"]
     t = [row["t"] + 0.5 for row in seconds]
     fig, (ax, band) = plt.subplots(
         2, 1, sharex=True, figsize=(11, 5.5), gridspec_kw={"height_ratios": [5, 1]}
@@ -148,8 +160,10 @@ def plot_timeline(data: dict[str, Any], path: Path) -> bool:
     latency.plot(t, [row["p99_ms"] for row in seconds], color="tab:orange", label="p99 ms")
     latency.set_ylabel("p99 latency (ms)")
     latency.set_ylim(bottom=0)
-    colors = {"restart": "tab:purple", "started": "tab:gray", "ready": "tab:green", "failed": "tab:red"}
-    for event in data["events"]:
+    colors = {"restart": "tab:purple", "drain": "tab:purple", "drained": "tab:blue", "stopped": "tab:gray",
+              "started": "tab:gray", "ready": "tab:green", "up": "tab:green", "failed": "tab:red",
+              "drain-timeout": "tab:red"}
+    for event in data["instance_events"]:
         ax.axvline(event["t"], color=colors.get(event["event"], "black"), linestyle="--", linewidth=0.8)
         ax.annotate(f"{event['instance']} {event['event']}", (event["t"], 0), rotation=90, fontsize=7,
                     xytext=(2, 4), textcoords="offset points", va="bottom")

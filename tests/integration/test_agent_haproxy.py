@@ -125,3 +125,18 @@ def test_missing_and_unrunnable_commands(procs: Processes, haproxy: HAProxy, tmp
     script = tmp_path / "not-executable.sh"
     script.write_text("#!/bin/sh\n")
     assert procs.start([*base, "--", str(script)], log="ne").wait(timeout=10) == 126
+
+
+def test_agent_metrics(procs: Processes, haproxy: HAProxy) -> None:
+    from tests.conftest import free_port
+
+    metrics_port = free_port()
+    start_agent(procs, haproxy, haproxy.app_ports[0], "--metrics-port", str(metrics_port))
+    wait_for(lambda: haproxy.server("app1")["status"] == "UP", what="app1 UP")
+    text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+    assert 'drain_agent_state{drain_agent_state="ready"} 1.0' in text
+    ready_s = float(next(line.split()[1] for line in text.splitlines()
+                         if line.startswith("drain_agent_time_to_ready_seconds ")))
+    assert 0 < ready_s < 10
+    assert "drain_agent_haproxy_api_errors_total 0.0" in text
+    assert "drain_agent_drain_seconds_count 0.0" in text

@@ -1,0 +1,52 @@
+"""The load check's report files: every bucket, every event, a summary and a plot."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from deploy.loadcheck import LedgerCheck, LoadPlan, LoadResult, Second
+from deploy.report import summary, write_report
+from deploy.rolling import Event, RestartResult
+
+
+def sample() -> tuple[LoadResult, RestartResult]:
+    result = LoadResult(started=1000.0, elapsed_s=3.0, total=30, ok=29)
+    result.failures = Counter({"http 503": 1})
+    result.versions = Counter({"v1": 20, "v2": 10})
+    result.kinds = Counter({"get": 25, "post": 5})
+    result.latencies_ms = [float(i) for i in range(30)]
+    result.seconds = {
+        0: Second(ok=10, latencies_ms=[1.0] * 10, versions=Counter({"v1": 10})),
+        2: Second(ok=19, failed=1, latencies_ms=[5.0] * 19, versions=Counter({"v1": 10, "v2": 9})),
+    }
+    restart = RestartResult(events=[Event(1001.0, "app1", "restart"), Event(1001.5, "app1", "ready", "UP")],
+                            seconds={"app1": 0.5})
+    return result, restart
+
+
+def test_report_files(tmp_path: Path) -> None:
+    result, restart = sample()
+    ledger = LedgerCheck(answered=5, failed=0, processed_once=5, missing=0, duplicated=0, failed_but_processed=0)
+    plan = LoadPlan(url="http://127.0.0.1:1/cms", requests=30)
+    written = write_report(tmp_path, result, ledger, restart, plan)
+    assert {p.name for p in written} == {"report.json", "report.md", "timeline.png"}
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert [s["t"] for s in data["seconds"]] == [0, 1, 2]  # empty seconds are kept, as zeros
+    assert data["seconds"][2] == {"t": 2, "ok": 19, "failed": 1, "p50_ms": 5.0, "p99_ms": 5.0,
+                                  "versions": {"v1": 10, "v2": 9}}
+    assert [(e["t"], e["event"]) for e in data["events"]] == [(1.0, "restart"), (1.5, "ready")]
+    assert data["failures"] == {"http 503": 1}
+    markdown = (tmp_path / "report.md").read_text()
+    assert "| 30 | 29 | 1 |" in markdown and "http 503 1" in markdown
+    assert (tmp_path / "timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_summary_names_failures_and_verdicts() -> None:
+    result, restart = sample()
+    bad = LedgerCheck(answered=5, failed=1, processed_once=4, missing=0, duplicated=1, failed_but_processed=1)
+    text = summary(result, bad, restart, 100)
+    assert "failed     1 (http 503: 1)" in text
+    assert "NOT exactly once: 0 answered but not recorded, 1 processed twice, 1 failed yet processed" in text
+    assert "restart    app1 0.50s (done)" in text
