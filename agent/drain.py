@@ -65,6 +65,7 @@ class Agent:
         self.forced = asyncio.Event()
         self.identities: dict[RuntimeAPI, tuple[str, int] | None] = {}
         self.child: Child | None = None
+        self.app_ready = False
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -137,6 +138,7 @@ class Agent:
 
     async def become_ready(self, spawned: float) -> None:
         await self.wait_app_ready()
+        self.app_ready = True
         self.event("app.ready", wait_ms=self.timeline.ms_since(spawned))
         await self.assert_state("ready")
         await self.wait_haproxy(lambda stat: stat.status == "UP", "UP")
@@ -148,10 +150,13 @@ class Agent:
         )
         await self.assert_state("maint")
         code = await self.stop_app(signal.SIGTERM)
+        what = (
+            "app ready, but HAProxy never reported the server UP (can HAProxy reach the app?)"
+            if self.app_ready else f"app not ready at {self.config.ready_url}"
+        )
         raise AgentError(
-            f"{self.config.server_id}: app not ready at {self.config.ready_url} within "
-            f"{self.config.start_timeout_s:g}s (see --start-timeout); server left in maint, "
-            f"app {describe(code)}",
+            f"{self.config.server_id}: {what} within {self.config.start_timeout_s:g}s "
+            f"(see --start-timeout); server left in maint, app {describe(code)}",
             EXIT_START_TIMEOUT,
         )
 
