@@ -32,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code = asyncio.run(agent.run())
     except AgentError as exc:
-        print(f"drain-agent: {config.server_id}: {exc}", file=sys.stderr)
+        print(f"drain-agent: {exc}", file=sys.stderr)
         return exc.exit_code
     sys.stdout.flush()
     return code

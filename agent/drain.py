@@ -184,7 +184,8 @@ class Agent:
 
     async def wait_app_ready(self) -> None:
         interval = self.config.poll_interval_s
-        async with httpx.AsyncClient(timeout=max(1.0, interval)) as client:
+        # trust_env=False: a proxy from the environment must never see a loopback probe.
+        async with httpx.AsyncClient(timeout=max(1.0, interval), trust_env=False) as client:
             while True:
                 try:
                     response = await client.get(self.config.ready_url)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy import bluegreen
+from deploy.docker import DockerEngine
 from deploy.engine import Engine
 from deploy.errors import RolloutError
 from deploy.loadcheck import LoadPlan, LoadResult, check_ledgers, run_load
@@ -39,8 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rollout",
         description="Deploy a service behind HAProxy by plain restarts, with zero failed requests.",
     )
-    parser.add_argument("--engine", choices=["local"], default=env_default("ENGINE", "local"),
-                        help="local processes under supervisor (default; env ROLLOUT_ENGINE)")
+    parser.add_argument("--engine", choices=["local", "docker"], default=env_default("ENGINE", "local"),
+                        help="local: processes under supervisor (default); docker: the "
+                             "docker-compose.yml stack (env ROLLOUT_ENGINE)")
     parser.add_argument("--state-dir", default=env_default("STATE_DIR", ".rollout"),
                         help="where the local stack keeps its files (default .rollout; env "
                              "ROLLOUT_STATE_DIR)")
@@ -118,7 +120,9 @@ def parse_env(pairs: Sequence[str]) -> dict[str, str]:
     return env
 
 
-def make_engine(args: argparse.Namespace) -> LocalEngine:
+def make_engine(args: argparse.Namespace) -> LocalEngine | DockerEngine:
+    if args.engine == "docker":
+        return make_docker_engine(args)
     if args.command == "up":
         for flag, port in (("--port", args.port), ("--stats-port", args.stats_port),
                            ("--app-base-port", args.app_base_port)):
@@ -137,12 +141,30 @@ def make_engine(args: argparse.Namespace) -> LocalEngine:
     return LocalEngine(LocalStack.load(args.state_dir))
 
 
+def make_docker_engine(args: argparse.Namespace) -> DockerEngine:
+    """`up` flags become the compose file's variables (ZDH_PORT, ZDH_STATS_PORT, SERVICE_VERSION);
+    a flag left at its default does not override the variable already in the environment."""
+    env: dict[str, str] = {}
+    if args.command == "up":
+        if args.no_agent or args.blue_green or args.instances != 3:
+            raise RolloutError("--no-agent, --blue-green and --instances: local engine only "
+                               "(docker-compose.yml runs app1..app3, each under drain-agent)", exit_code=2)
+        for value, default, var in (
+            (args.port, int(env_default("PORT", "8785")), "ZDH_PORT"),
+            (args.stats_port, int(env_default("STATS_PORT", "8404")), "ZDH_STATS_PORT"),
+            (args.version, "v1", "SERVICE_VERSION"),
+        ):
+            if value != default or var not in os.environ:
+                env[var] = str(value)
+    return DockerEngine(env=env)
+
+
 def print_event(event: Event) -> None:
     stamp = time.strftime("%H:%M:%S", time.localtime(event.at)) + f".{int(event.at * 1000) % 1000:03d}"
     say(f"{stamp} [{event.instance}] {event.name} {event.detail}".rstrip())
 
 
-def cmd_up(engine: LocalEngine, args: argparse.Namespace) -> int:
+def cmd_up(engine: LocalEngine | DockerEngine, args: argparse.Namespace) -> int:
     say(f"starting HAProxy and {len(engine.instances())} instances from {engine.root} ...")
     engine.up()
     try:
@@ -163,18 +185,18 @@ def cmd_up(engine: LocalEngine, args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     while not stop.wait(1.0):
         if not engine.is_up():
-            raise RolloutError("supervisord went away")
+            raise RolloutError(f"the {engine.name} stack went away")
     say("stopping ...")
     engine.down()
     return 0
 
 
-def cmd_status(engine: LocalEngine) -> int:
+def cmd_status(engine: LocalEngine | DockerEngine) -> int:
     servers = {}
     for backend in sorted({i.backend for i in engine.instances()}):
         servers.update({(backend, name): stat for name, stat in read_servers(engine, backend).items()})
-    blue_green = engine.blue_green
-    if blue_green:
+    blue_green = isinstance(engine, LocalEngine) and engine.blue_green
+    if isinstance(engine, LocalEngine) and blue_green:
         live, saved = bluegreen.active_color(engine), bluegreen.file_color(engine)
         note = "" if live == saved else f" (map file says {saved}: a HAProxy restart would switch!)"
         print(f"active: {live}{note}")
@@ -227,7 +249,7 @@ def require_blue_green(engine: LocalEngine) -> None:
         raise RolloutError("this stack has one pool; start it with `rollout up --blue-green`", exit_code=2)
 
 
-def cmd_check(engine: LocalEngine, args: argparse.Namespace) -> int:
+def cmd_check(engine: LocalEngine | DockerEngine, args: argparse.Namespace) -> int:
     env = parse_env(args.env)
     try:
         plan = LoadPlan(
@@ -302,10 +324,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_status(engine)
         if args.command == "restart":
             return cmd_restart(engine, args)
-        if args.command == "switch":
-            return cmd_switch(engine, args)
-        if args.command == "release":
-            return cmd_release(engine, args)
+        if args.command in ("switch", "release"):
+            if not isinstance(engine, LocalEngine):
+                raise RolloutError(f"{args.command}: blue/green runs on the local engine only", exit_code=2)
+            return cmd_switch(engine, args) if args.command == "switch" else cmd_release(engine, args)
         return cmd_check(engine, args)
     except RolloutError as exc:
         say(f"rollout: {exc}")
