@@ -25,9 +25,15 @@ MAP_KEY = "active"
 
 class BlueGreenEngine(Engine, Protocol):
     @property
-    def color_map(self) -> Path: ...
+    def color_map(self) -> Path:
+        """The map file as rollout writes it (on this machine)."""
 
-    def haproxy_command(self, line: str) -> str: ...
+    @property
+    def color_map_ref(self) -> str:
+        """The map as HAProxy names it (its path inside HAProxy's container, if any)."""
+
+    def haproxy_command(self, line: str) -> str:
+        """One Runtime API command on every HAProxy of the stack; their answers."""
 
 
 @dataclass
@@ -57,12 +63,14 @@ def file_color(engine: BlueGreenEngine) -> str:
 
 def active_color(engine: BlueGreenEngine) -> str:
     """What HAProxy uses now (`show map`), which a restart would replace by the file's."""
-    reply = engine.haproxy_command(f"show map {engine.color_map}")
+    reply = engine.haproxy_command(f"show map {engine.color_map_ref}")
     for line in reply.splitlines():
         parts = line.split()
         if len(parts) == 3 and parts[1] == MAP_KEY and parts[2] in COLORS:
             return parts[2]
-    raise RolloutError(f"HAProxy's map {engine.color_map} has no '{MAP_KEY}' entry: {reply.strip()[:200]!r}")
+    raise RolloutError(
+        f"HAProxy's map {engine.color_map_ref} has no '{MAP_KEY}' entry: {reply.strip()[:200]!r}"
+    )
 
 
 def write_map(path: Path, color: str) -> None:
@@ -88,7 +96,7 @@ def switch(
         write_map(engine.color_map, color)
         say(f"{color} is already active")
         return SwitchResult(old, color, 0.0)
-    reply = engine.haproxy_command(f"set map {engine.color_map} {MAP_KEY} {color}").strip()
+    reply = engine.haproxy_command(f"set map {engine.color_map_ref} {MAP_KEY} {color}").strip()
     if reply:
         raise RolloutError(f"HAProxy refused the switch to {color}: {reply[:200]}")
     write_map(engine.color_map, color)

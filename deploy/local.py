@@ -123,6 +123,10 @@ class LocalEngine:
     def color_map(self) -> Path:
         return self.root / "colors.map"
 
+    @property
+    def color_map_ref(self) -> str:
+        return str(self.color_map)
+
     def instances(self) -> list[Instance]:
         if self.stack.blue_green:
             return [Instance(f"{c}{i}", f"{c}{i}", c) for c in ("blue", "green") for i in (1, 2)]
