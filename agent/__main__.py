@@ -10,7 +10,7 @@ from agent.config import load_config
 from agent.drain import Agent
 from agent.errors import AgentError
 from agent.events import Timeline, setup_logging
-from agent.metrics import AgentMetrics
+from agent.metrics import Metrics, NoMetrics, PrometheusMetrics
 from agent.supervise import become_subreaper
 
 
@@ -24,9 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not become_subreaper():  # pragma: no cover - not Linux
         print("drain-agent: warning: cannot reap orphans here; run it as PID 1 "
               "(container ENTRYPOINT)", file=sys.stderr)
-    metrics = AgentMetrics()
-    if config.metrics_port:
-        metrics.serve(config.metrics_port)
+    metrics: Metrics = PrometheusMetrics(config.metrics_port) if config.metrics_port else NoMetrics()
     timeline = Timeline(config.server_id)
     agent = Agent(config, timeline, metrics)
     try:

@@ -42,6 +42,10 @@ class AgentConfig:
         check_name("backend", self.backend)
         check_name("server", self.server)
         url = urlsplit(self.ready_url)
+        try:
+            url.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            url = url._replace(netloc="")
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ConfigError(f"--ready-url {self.ready_url!r}: expected http://host:port/path")
         for flag, value in (

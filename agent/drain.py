@@ -22,13 +22,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import httpx
-
+from agent import probe
 from agent.config import AgentConfig
 from agent.errors import EXIT_START_TIMEOUT, AgentError, HAProxyCommandError, HAProxyError
 from agent.events import Timeline
 from agent.haproxy import RuntimeAPI, ServerStat
-from agent.metrics import AgentMetrics
+from agent.metrics import Metrics
 from agent.supervise import Child, describe
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -53,7 +52,7 @@ class AgentState(enum.Enum):
 
 
 class Agent:
-    def __init__(self, config: AgentConfig, timeline: Timeline, metrics: AgentMetrics) -> None:
+    def __init__(self, config: AgentConfig, timeline: Timeline, metrics: Metrics) -> None:
         self.config = config
         self.timeline = timeline
         self.metrics = metrics
@@ -100,7 +99,7 @@ class Agent:
             if ready in done:
                 ready.result()
                 time_to_ready_ms = self.timeline.ms_since(spawned)
-                self.metrics.time_to_ready.set(time_to_ready_ms / 1000)
+                self.metrics.record_time_to_ready(time_to_ready_ms / 1000)
                 self.transition(AgentState.READY, time_to_ready_ms=time_to_ready_ms)
                 while not stop.done():
                     done, _ = await asyncio.wait(
@@ -166,7 +165,7 @@ class Agent:
         await self.assert_state("drain")
         await self.wait_drained(exited)
         drain_ms = self.timeline.ms_since(drain_started)
-        self.metrics.drain_seconds.observe(drain_ms / 1000)
+        self.metrics.record_drain(drain_ms / 1000)
         self.transition(AgentState.STOPPING, drain_ms=drain_ms)
         code = await self.stop_app(self.stop_signal)
         await self.assert_state("maint")
@@ -184,16 +183,8 @@ class Agent:
 
     async def wait_app_ready(self) -> None:
         interval = self.config.poll_interval_s
-        # trust_env=False: a proxy from the environment must never see a loopback probe.
-        async with httpx.AsyncClient(timeout=max(1.0, interval), trust_env=False) as client:
-            while True:
-                try:
-                    response = await client.get(self.config.ready_url)
-                    if response.status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(interval)
+        while not await probe.ready(self.config.ready_url, timeout_s=max(1.0, interval)):
+            await asyncio.sleep(interval)
 
     async def stop_app(self, sig: int) -> int:
         assert self.child is not None
@@ -228,7 +219,7 @@ class Agent:
         for api, result in zip(self.apis, results, strict=True):
             if isinstance(result, HAProxyError):
                 self.identities[api] = None
-                self.metrics.api_errors.inc()
+                self.metrics.record_api_error()
                 self.event("haproxy.error", logging.WARNING, haproxy=api.address,
                            action=what, error=result)
             elif isinstance(result, BaseException):
@@ -349,7 +340,7 @@ class Agent:
     def transition(self, state: AgentState, **fields: object) -> None:
         self.event("agent.state", from_=self.state.value, to=state.value, **fields)
         self.state = state
-        self.metrics.state.state(state.value)
+        self.metrics.record_state(state.value)
 
     def event(self, name: str, level: int = logging.INFO, /, **fields: object) -> None:
         self.timeline.event(name, level, {k.rstrip("_"): v for k, v in fields.items()})

@@ -16,9 +16,10 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import xmlrpc.client
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -363,15 +364,46 @@ stdout_logfile={self.root / "logs" / f"{instance.name}.log"}
         self.write_app_program(instance, new_version, env)
         _added, changed, _removed = self.supervisor("reloadConfig")[0]
         try:
-            if instance.name in changed:
-                self.supervisor("stopProcessGroup", instance.name)
-                self.supervisor("removeProcessGroup", instance.name)
-                self.supervisor("addProcessGroup", instance.name)
-            else:
-                self.supervisor("stopProcess", instance.name)
-                self.supervisor("startProcess", instance.name, False)
+            with self.nudging():
+                if instance.name in changed:
+                    self.supervisor("stopProcessGroup", instance.name)
+                    self.supervisor("removeProcessGroup", instance.name)
+                    self.supervisor("addProcessGroup", instance.name)
+                else:
+                    self.supervisor("stopProcess", instance.name)
+            self.start_now(instance.name)
         except xmlrpc.client.Fault as fault:
             raise RolloutError(f"[{instance.name}] supervisor: {fault.faultString}") from None
+
+    @contextlib.contextmanager
+    def nudging(self) -> Iterator[None]:
+        """Keep supervisord's loop turning while we wait on it.
+
+        supervisord notices a child's exit only when its poll() returns, which without other
+        activity is once a second; a stop then looks a second slower than it is. A cheap
+        call every 50 ms makes it notice within 50 ms."""
+        done = threading.Event()
+
+        def nudge() -> None:
+            while not done.wait(0.05):
+                with contextlib.suppress(OSError, xmlrpc.client.Error):
+                    self.supervisor("getState")
+
+        thread = threading.Thread(target=nudge, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
+
+    def start_now(self, name: str) -> None:
+        """Spawn at once: autostart alone waits for supervisord's next 1 s tick."""
+        try:
+            self.supervisor("startProcess", name, False)
+        except xmlrpc.client.Fault as fault:
+            if "ALREADY_STARTED" not in fault.faultString:
+                raise
 
     def version_of(self, instance: Instance) -> str | None:
         try:
