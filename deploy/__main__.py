@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from deploy import bluegreen
-from deploy.docker import DockerEngine
+from deploy.docker import DockerEngine, find_stack
 from deploy.engine import Engine
 from deploy.errors import RolloutError
 from deploy.loadcheck import LoadPlan, LoadResult, check_ledgers, run_load
 from deploy.local import LocalEngine, LocalStack
 from deploy.report import summary, write_report
-from deploy.rolling import Event, RestartResult, read_servers, rolling_restart
+from deploy.rolling import Event, RestartResult, read_servers, rolling_restart, wait_ready
 from deploy.timeline import instance_timeline
 
 RESTART_TIMEOUT_S = 90.0
@@ -142,21 +142,25 @@ def make_engine(args: argparse.Namespace) -> LocalEngine | DockerEngine:
 
 
 def make_docker_engine(args: argparse.Namespace) -> DockerEngine:
-    """`up` flags become the compose file's variables (ZDH_PORT, ZDH_STATS_PORT, SERVICE_VERSION);
-    a flag left at its default does not override the variable already in the environment."""
+    """`up` flags become the compose file's variables (ZDH_PORT, ZDH_STATS_PORT, SERVICE_VERSION,
+    or BLUE_VERSION and GREEN_VERSION with --blue-green); a flag left at its default does not
+    override the variable already in the environment. `up --blue-green` uses
+    docker-compose.bluegreen.yml; the other commands find which of the two files has the stack."""
     env: dict[str, str] = {}
-    if args.command == "up":
-        if args.no_agent or args.blue_green or args.instances != 3:
-            raise RolloutError("--no-agent, --blue-green and --instances: local engine only "
-                               "(docker-compose.yml runs app1..app3, each under drain-agent)", exit_code=2)
-        for value, default, var in (
-            (args.port, int(env_default("PORT", "8785")), "ZDH_PORT"),
-            (args.stats_port, int(env_default("STATS_PORT", "8404")), "ZDH_STATS_PORT"),
-            (args.version, "v1", "SERVICE_VERSION"),
-        ):
-            if value != default or var not in os.environ:
-                env[var] = str(value)
-    return DockerEngine(env=env)
+    if args.command != "up":
+        return find_stack(env)
+    if args.no_agent or args.instances != 3:
+        raise RolloutError("--no-agent and --instances: local engine only (the compose files run "
+                           "app1..app3, or blue1 blue2 green1 green2, each under drain-agent)", exit_code=2)
+    versions = ("BLUE_VERSION", "GREEN_VERSION") if args.blue_green else ("SERVICE_VERSION",)
+    for value, default, var in (
+        (args.port, int(env_default("PORT", "8785")), "ZDH_PORT"),
+        (args.stats_port, int(env_default("STATS_PORT", "8404")), "ZDH_STATS_PORT"),
+        *((args.version, "v1", version) for version in versions),
+    ):
+        if value != default or var not in os.environ:
+            env[var] = str(value)
+    return DockerEngine(env=env, blue_green=args.blue_green)
 
 
 def print_event(event: Event) -> None:
@@ -165,16 +169,16 @@ def print_event(event: Event) -> None:
 
 
 def cmd_up(engine: LocalEngine | DockerEngine, args: argparse.Namespace) -> int:
+    if engine.is_up():
+        raise RolloutError(f"a stack is already running from {engine.root}; `rollout down` first")
     say(f"starting HAProxy and {len(engine.instances())} instances from {engine.root} ...")
-    engine.up()
     try:
+        engine.up()
         for instance in engine.instances():
-            from deploy.rolling import wait_ready
-
             wait_ready(engine, instance, None, RESTART_TIMEOUT_S)
             say(f"[{instance.name}] UP")
-    except RolloutError:
-        engine.down()
+    except (RolloutError, KeyboardInterrupt):
+        engine.down()  # nothing half-started is left behind
         raise
     say(f"up: {engine.frontend_url()}/cms  (stats {engine.stats_url().split(';')[0]})")
     if args.detach:
@@ -195,8 +199,8 @@ def cmd_status(engine: LocalEngine | DockerEngine) -> int:
     servers = {}
     for backend in sorted({i.backend for i in engine.instances()}):
         servers.update({(backend, name): stat for name, stat in read_servers(engine, backend).items()})
-    blue_green = isinstance(engine, LocalEngine) and engine.blue_green
-    if isinstance(engine, LocalEngine) and blue_green:
+    blue_green = engine.blue_green
+    if blue_green:
         live, saved = bluegreen.active_color(engine), bluegreen.file_color(engine)
         note = "" if live == saved else f" (map file says {saved}: a HAProxy restart would switch!)"
         print(f"active: {live}{note}")
@@ -230,13 +234,13 @@ def cmd_restart(engine: Engine, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_switch(engine: LocalEngine, args: argparse.Namespace) -> int:
+def cmd_switch(engine: LocalEngine | DockerEngine, args: argparse.Namespace) -> int:
     require_blue_green(engine)
     bluegreen.switch(engine, args.color, say, args.drain_timeout)
     return 0
 
 
-def cmd_release(engine: LocalEngine, args: argparse.Namespace) -> int:
+def cmd_release(engine: LocalEngine | DockerEngine, args: argparse.Namespace) -> int:
     require_blue_green(engine)
     if not args.version:
         raise RolloutError("release needs --version", exit_code=2)
@@ -244,7 +248,7 @@ def cmd_release(engine: LocalEngine, args: argparse.Namespace) -> int:
     return 0
 
 
-def require_blue_green(engine: LocalEngine) -> None:
+def require_blue_green(engine: LocalEngine | DockerEngine) -> None:
     if not engine.blue_green:
         raise RolloutError("this stack has one pool; start it with `rollout up --blue-green`", exit_code=2)
 
@@ -325,8 +329,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "restart":
             return cmd_restart(engine, args)
         if args.command in ("switch", "release"):
-            if not isinstance(engine, LocalEngine):
-                raise RolloutError(f"{args.command}: blue/green runs on the local engine only", exit_code=2)
             return cmd_switch(engine, args) if args.command == "switch" else cmd_release(engine, args)
         return cmd_check(engine, args)
     except RolloutError as exc:

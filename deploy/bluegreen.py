@@ -9,6 +9,7 @@ waits for the old pool to finish its requests, which then stays warm for a rollb
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -74,12 +75,20 @@ def active_color(engine: BlueGreenEngine) -> str:
 
 
 def write_map(path: Path, color: str) -> None:
-    """Atomically: a reader (HAProxy at start) sees the old file or the new one, never half."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(f"{MAP_KEY} {color}\n")
-    with tmp.open("rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    """Atomically: a reader (HAProxy at start) sees the old file or the new one, never half.
+
+    The file stays readable by HAProxy (0644) whatever the umask: an unreadable map would
+    keep HAProxy from starting at all."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"{MAP_KEY} {color}\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise RolloutError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def switch(
@@ -96,10 +105,16 @@ def switch(
         write_map(engine.color_map, color)
         say(f"{color} is already active")
         return SwitchResult(old, color, 0.0)
-    reply = engine.haproxy_command(f"set map {engine.color_map_ref} {MAP_KEY} {color}").strip()
-    if reply:
-        raise RolloutError(f"HAProxy refused the switch to {color}: {reply[:200]}")
+    # The file first: if HAProxy then refuses, the file goes back, and neither says `color`.
     write_map(engine.color_map, color)
+    try:
+        reply = engine.haproxy_command(f"set map {engine.color_map_ref} {MAP_KEY} {color}").strip()
+    except RolloutError:
+        write_map(engine.color_map, old)
+        raise
+    if reply:
+        write_map(engine.color_map, old)
+        raise RolloutError(f"HAProxy refused the switch to {color}: {reply[:200]}")
     switched = time.monotonic()
     say(f"switched: {old} -> {color} (HAProxy and {engine.color_map})")
     deadline = switched + drain_timeout_s

@@ -1,4 +1,5 @@
-"""The compose engine: the same `rollout` commands over docker-compose.yml (HAProxy + app1..app3).
+"""The compose engine: the same `rollout` commands over docker-compose.yml (HAProxy + app1..app3)
+or, for blue/green, docker-compose.bluegreen.yml (HAProxy + blue1 blue2 green1 green2).
 
 Docker restarts a container exactly as supervisor does a program: SIGTERM to PID 1 (here
 drain-agent), wait `stop_grace_period`, SIGKILL. A restart is `docker compose up -d --no-deps
@@ -6,6 +7,12 @@ drain-agent), wait `stop_grace_period`, SIGKILL. A restart is `docker compose up
 environment: the compose file tags the image and sets the app's version from it, so the
 new container is the new release. Ports are read back from docker (`compose port`), so a
 stack started with other ZDH_PORT / ZDH_STATS_PORT values is still found.
+
+Blue/green: each pool takes its version from its own variable (BLUE_VERSION, GREEN_VERSION),
+so recreating one pool never touches the other. The map file is a host file in a directory
+bind-mounted (read-only) into HAProxy; a switch's `set map` reaches HAProxy's Runtime API,
+which is never published, through `docker compose exec haproxy` and bash's /dev/tcp (the
+image has no socat).
 """
 
 from __future__ import annotations
@@ -16,13 +23,18 @@ import re
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+from deploy import bluegreen
 from deploy.engine import Instance
 from deploy.errors import RolloutError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+BLUEGREEN_FILE = REPO_ROOT / "docker-compose.bluegreen.yml"
 SERVICES = ("app1", "app2", "app3")
+POOL_SERVICES = tuple(f"{color}{i}" for color in bluegreen.COLORS for i in (1, 2))
+POOL_BUILDER = {color: f"{color}1" for color in bluegreen.COLORS}  # the pool's service with build:
 FRONTEND_PORT = 8785  # inside the haproxy container; published as ${ZDH_PORT:-8785}
 STATS_PORT = 8404  # published as 127.0.0.1:${ZDH_STATS_PORT:-8404}
 UP_TIMEOUT_S = 600.0  # a cold build downloads the dependencies
@@ -35,6 +47,8 @@ port = os.environ.get("SERVICE_PORT", "8000")
 opener = u.build_opener(u.ProxyHandler({}))
 print(json.load(opener.open(f"http://127.0.0.1:{port}/version", timeout=2))["version"])
 """
+# One Runtime API command, run inside the haproxy container: HAProxy answers and closes.
+RUNTIME_API_SCRIPT = 'exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1; printf "%s\\n" "$2" >&3; cat <&3'
 
 
 class DockerEngine:
@@ -42,16 +56,20 @@ class DockerEngine:
 
     def __init__(
         self,
-        compose_file: Path = COMPOSE_FILE,
+        compose_file: Path | None = None,
         project: str | None = None,
         env: Mapping[str, str] | None = None,
+        blue_green: bool = False,
     ) -> None:
-        self.compose_file = compose_file.resolve()
+        """`blue_green`: the two-pool stack; its compose file is then docker-compose.bluegreen.yml."""
+        self.blue_green = blue_green
+        self.compose_file = (compose_file or (BLUEGREEN_FILE if blue_green else COMPOSE_FILE)).resolve()
         self.root = self.compose_file.parent
         self.project = project
         self.env = {**os.environ, **(env or {})}
         self._addresses: dict[int, str] = {}
-        self._built: set[str] = set()
+        self._built: set[tuple[str, str]] = set()
+        self._config: dict[str, Any] | None = None
 
     # -- docker compose ----------------------------------------------------------------
 
@@ -85,6 +103,8 @@ class DockerEngine:
     # -- Engine --------------------------------------------------------------------------
 
     def instances(self) -> list[Instance]:
+        if self.blue_green:
+            return [Instance(name, name, name.rstrip("0123456789")) for name in POOL_SERVICES]
         return [Instance(name, name) for name in SERVICES]
 
     def is_up(self) -> bool:
@@ -98,7 +118,17 @@ class DockerEngine:
         if self.is_up():
             raise RolloutError(f"a compose stack from {self.compose_file} is already running; "
                                "`rollout --engine docker down` first")
-        self.run("up", "-d", "--wait", "--build", "--pull", "never", timeout_s=UP_TIMEOUT_S)
+        if not self.blue_green:
+            self.run("up", "-d", "--wait", "--build", "--pull", "never", timeout_s=UP_TIMEOUT_S)
+            self._addresses.clear()
+            return
+        self.ensure_color_map()
+        # One build per distinct image tag (compose would build blue1 and green1 in parallel,
+        # twice the work when both pools are on the same version).
+        services = self.config().get("services", {})
+        builders = {str(services[s].get("image")): s for s in reversed(POOL_BUILDER.values())}
+        self.run("build", *sorted(builders.values()), timeout_s=UP_TIMEOUT_S)
+        self.run("up", "-d", "--wait", "--pull", "never", timeout_s=UP_TIMEOUT_S)
         self._addresses.clear()
 
     def down(self) -> None:
@@ -128,14 +158,15 @@ class DockerEngine:
 
     def restart(self, instance: Instance, version: str | None, env: Mapping[str, str]) -> None:
         self.check_passed_through(env)
-        new_version = (
-            version or self.configured_version(instance) or self.env.get("SERVICE_VERSION") or "v1"
-        )
-        compose_env = {**env, "SERVICE_VERSION": new_version}
-        if new_version not in self._built:
+        variable = self.version_variable(instance)
+        new_version = version or self.configured_version(instance) or self.env.get(variable) or "v1"
+        compose_env = {**env, variable: new_version}
+        if (variable, new_version) not in self._built:
             # The compose file tags the image with the version: build it (cached) before use.
-            self.run("build", env=compose_env, timeout_s=UP_TIMEOUT_S)
-            self._built.add(new_version)
+            # Blue/green: only this pool's builder, so the other pool's tag stays as it is.
+            builder = (POOL_BUILDER[instance.backend],) if self.blue_green else ()
+            self.run("build", *builder, env=compose_env, timeout_s=UP_TIMEOUT_S)
+            self._built.add((variable, new_version))
         self.run("up", "-d", "--no-deps", "--force-recreate", "--pull", "never", instance.name,
                  env=compose_env, timeout_s=RECREATE_TIMEOUT_S)
 
@@ -158,7 +189,86 @@ class DockerEngine:
             return f"(no logs: {exc})"
         return (result.stdout + result.stderr).rstrip() or f"(no logs for {instance.name})"
 
+    # -- blue/green (deploy.bluegreen.BlueGreenEngine) ------------------------------------
+
+    @property
+    def color_map(self) -> Path:
+        """The map file on this machine: HAPROXY_COLOR_MAP under the bind mount's source."""
+        return self.color_map_paths()[0]
+
+    @property
+    def color_map_ref(self) -> str:
+        """HAPROXY_COLOR_MAP: the map file's path inside the haproxy container."""
+        return self.color_map_paths()[1]
+
+    def haproxy_command(self, line: str) -> str:
+        """One Runtime API command, sent from inside the haproxy container (never published)."""
+        address = str(self.haproxy_environment().get("HAPROXY_ADMIN_SOCKET", ""))
+        port = address.rpartition(":")[2]
+        if not port.isdigit():
+            raise RolloutError(f"HAPROXY_ADMIN_SOCKET {address!r} in {self.compose_file.name}: "
+                               "expected a TCP address such as ipv4@0.0.0.0:9999")
+        result = self.compose("exec", "-T", "haproxy", "bash", "-c", RUNTIME_API_SCRIPT, "_", port, line)
+        if result.returncode != 0:
+            raise RolloutError(f"HAProxy's Runtime API (`{line}`) through `docker compose exec "
+                               f"haproxy` failed: {last_line(result.stderr)}")
+        return result.stdout
+
+    def ensure_color_map(self) -> None:
+        """Before HAProxy starts: the map file must exist (HAProxy refuses to start without it)
+        and be readable by HAProxy's user in the container (uid 99). A missing one is created
+        with blue active; an existing one is kept, so the last switch survives `down` and `up`."""
+        path = self.color_map
+        if not path.parent.is_dir():
+            path.parent.mkdir(parents=True)
+            path.parent.chmod(0o755)
+        if not path.exists():
+            bluegreen.write_map(path, bluegreen.COLORS[0])
+            path.chmod(0o644)
+        for item, bits, fix in ((path.parent, 0o005, "o+rx"), (path, 0o004, "o+r")):
+            if item.stat().st_mode & bits != bits:
+                raise RolloutError(f"{item} must be readable by HAProxy in its container (uid 99): "
+                                   f"chmod {fix} {item}")
+        bluegreen.file_color(self)  # a damaged file: refuse now, not with HAProxy sending 503s
+
+    def color_map_paths(self) -> tuple[Path, str]:
+        ref = str(self.haproxy_environment().get("HAPROXY_COLOR_MAP") or "")
+        if not self.blue_green or not ref:
+            raise RolloutError(f"{self.compose_file.name} is not a blue/green stack "
+                               "(no HAPROXY_COLOR_MAP)", exit_code=2)
+        for volume in self.config()["services"]["haproxy"].get("volumes", []):
+            target = str(volume.get("target", "")).rstrip("/")
+            if volume.get("type") == "bind" and ref.startswith(target + "/"):
+                return Path(str(volume["source"])) / ref[len(target) + 1 :], ref
+        raise RolloutError(f"{self.compose_file.name}: HAPROXY_COLOR_MAP {ref} is not in a "
+                           "directory bind-mounted from this machine")
+
     # -- helpers -------------------------------------------------------------------------
+
+    def config(self) -> dict[str, Any]:
+        """The compose file as compose resolves it (variables, .env, relative paths); cached."""
+        if self._config is None:
+            try:
+                self._config = dict(json.loads(self.run("config", "--format", "json")))
+            except ValueError as exc:
+                raise RolloutError(f"`docker compose config` gave no JSON: {exc}") from None
+        return self._config
+
+    def haproxy_environment(self) -> dict[str, Any]:
+        environment = self.config().get("services", {}).get("haproxy", {}).get("environment")
+        return dict(environment) if isinstance(environment, dict) else {}
+
+    def version_variable(self, instance: Instance) -> str:
+        """The compose variable that sets the instance's image tag and version."""
+        return f"{instance.backend.upper()}_VERSION" if self.blue_green else "SERVICE_VERSION"
+
+    def has_containers(self) -> bool:
+        """Whether this file's instances have containers (in any state) in the project."""
+        try:
+            result = self.compose("ps", "-a", "-q", *(i.name for i in self.instances()))
+        except RolloutError:
+            return False
+        return result.returncode == 0 and bool(result.stdout.strip())
 
     def configured_version(self, instance: Instance) -> str | None:
         """SERVICE_VERSION the instance's container was created with (None if it has none)."""
@@ -190,6 +300,24 @@ class DockerEngine:
                 f"{'it' if len(missing) == 1 else 'them'} to the containers; add "
                 f"`{missing[0]}: ${{{missing[0]}:-default}}` under x-app-env there"
             )
+
+
+def find_stack(env: Mapping[str, str]) -> DockerEngine:
+    """The engine for commands on a running stack: blue/green or rolling, by COMPOSE_FILE if it
+    names one of the two files, else by which of them has containers in the project."""
+    merged = {**os.environ, **env}
+    separator = merged.get("COMPOSE_PATH_SEPARATOR") or os.pathsep
+    names = {Path(item).name for item in merged.get("COMPOSE_FILE", "").split(separator) if item}
+    if BLUEGREEN_FILE.name in names or COMPOSE_FILE.name in names:
+        return DockerEngine(env=env, blue_green=BLUEGREEN_FILE.name in names)
+    rolling, blue_green = DockerEngine(env=env), DockerEngine(env=env, blue_green=True)
+    if blue_green.has_containers():
+        if rolling.has_containers():
+            raise RolloutError(
+                f"both {COMPOSE_FILE.name} and {BLUEGREEN_FILE.name} have a stack here; say which "
+                f"with COMPOSE_FILE={BLUEGREEN_FILE.name} (or {COMPOSE_FILE.name})", exit_code=2)
+        return blue_green
+    return rolling
 
 
 def last_line(text: str) -> str:

@@ -182,7 +182,8 @@ def haproxy(procs: Processes, tmp_path: Path) -> HAProxy:
 def make_stack(tmp_path: Path, **options: object) -> LocalEngine:
     stack = LocalStack(
         state_dir=str(tmp_path / "stack"), port=free_port(), stats_port=free_port(),
-        app_base_port=free_port_run(3), **options,  # type: ignore[arg-type]
+        app_base_port=free_port_run(4 if options.get("blue_green") else int(options.get("instances", 3))),  # type: ignore[call-overload]
+        **options,  # type: ignore[arg-type]
     )
     return LocalEngine(stack)
 
