@@ -6,29 +6,9 @@ routes, metrics middleware, SERVICE_* variables) is the same as `python -m servi
 
 from __future__ import annotations
 
-import logging
 import sys
-import time
 
-from service.config import ConfigError, ServiceConfig
-from service.server import build_server
-
-
-def main() -> int:
-    logging.Formatter.converter = time.gmtime
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s.%(msecs)03dZ plain-service[%(process)d] %(message)s",
-        datefmt="%Y-%m-%dT%H:%M:%S",
-    )
-    try:
-        config = ServiceConfig.from_env()
-    except ConfigError as exc:
-        print(f"plain-service: {exc}", file=sys.stderr)
-        return 2
-    build_server(config, drain=False).run()
-    return 0
-
+from service.__main__ import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(drain=False))

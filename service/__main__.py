@@ -9,7 +9,8 @@ import time
 from service.config import ConfigError, ServiceConfig
 
 
-def main() -> int:
+def main(*, drain: bool = True) -> int:
+    """`drain=False` leaves out the 503 drain (bench.plain_service, to measure its cost)."""
     # UTC with milliseconds, like drain-agent's lines, so both read as one timeline.
     logging.Formatter.converter = time.gmtime
     logging.basicConfig(
@@ -24,7 +25,7 @@ def main() -> int:
         return 2
     from service.server import build_server
 
-    build_server(config).run()
+    build_server(config, drain=drain).run()
     return 0
 
 
