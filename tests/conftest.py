@@ -8,14 +8,17 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
+import uvloop
 
+from deploy.loadcheck import LoadPlan, LoadResult, run_load
 from deploy.local import LocalEngine, LocalStack, pid_alive
 
 REPO = Path(__file__).resolve().parent.parent
@@ -232,3 +235,31 @@ def stack_factory(tmp_path: Path) -> Iterator[object]:
         shut_down(engine)
 
 
+
+
+def load_during(url: str, action: Callable[[], object] | None, requests: int = 20_000,
+                start_after_s: float = 1.0, slow_ms: int = 150) -> tuple[LoadResult, object]:
+    """Strict load (no retries, every request counted) on `url`/cms while `action` runs in a
+    thread; the load keeps going until the action is done. Returns the load and what the
+    action returned; an exception in the action is raised here, not lost in the thread."""
+    plan = LoadPlan(url=f"{url}/cms", requests=requests, concurrency=100,
+                    post_share=0.2, slow_share=0.1, slow_ms=slow_ms)
+    outcome: list[object] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            time.sleep(start_after_s)
+            outcome.append(action() if action else None)
+        except BaseException as exc:
+            outcome.append(exc)
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    result = uvloop.run(run_load(plan, keep_going=lambda: not done.is_set()))
+    thread.join()
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return result, outcome[0]

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
-import time
 from collections import Counter
 from collections.abc import Callable
 
 import httpx
 import pytest
-import uvloop
 
-from deploy.loadcheck import LoadPlan, LoadResult, run_load
+from deploy.loadcheck import LoadResult
+from tests.conftest import load_during as shared_load_during
 from tests.e2e.conftest import APPS, REPO, ComposeStack, DockerEvents
 
 pytestmark = pytest.mark.docker
@@ -28,34 +26,13 @@ pytestmark = pytest.mark.docker
 
 def load_during(stack: ComposeStack, action: Callable[[], object], requests: int = 20_000,
                 start_after_s: float = 2.0) -> tuple[LoadResult, object]:
-    """Strict load (no retries, every request counted) on the frontend while `action` runs
-    in a thread; the load keeps going until the action is done."""
-    plan = LoadPlan(url=f"{stack.url}/cms", requests=requests, concurrency=100,
-                    post_share=0.2, slow_share=0.1, slow_ms=200)
-    outcome: list[object] = []
-    done = threading.Event()
-
-    def run() -> None:
-        try:
-            time.sleep(start_after_s)
-            outcome.append(action())
-        except BaseException as exc:  # reported by the test, not lost in the thread
-            outcome.append(exc)
-        finally:
-            done.set()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    result = uvloop.run(run_load(plan, keep_going=lambda: not done.is_set()))
-    thread.join()
-    assert outcome, "the action thread crashed"
-    if isinstance(outcome[0], BaseException):
-        raise outcome[0]
+    """The shared strict load (tests.conftest.load_during) on this stack's frontend, reported."""
+    result, outcome = shared_load_during(stack.url, action, requests, start_after_s, slow_ms=200)
     print(f"\nload: {result.total} requests in {result.elapsed_s:.1f}s, {result.failed} failed "
           f"{dict(result.failures)}, p50 {result.percentile(50):.1f} ms, "
           f"p99 {result.percentile(99):.1f} ms, max {max(result.latencies_ms, default=0):.0f} ms; "
           f"versions {dict(result.versions)}")
-    return result, outcome[0]
+    return result, outcome
 
 
 def test_up_round_robin_agent_is_pid1_and_locked_down(healthy_stack: ComposeStack) -> None:

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import httpx
 import pytest
-import uvloop
 
 from deploy import bluegreen
 from deploy.errors import RolloutError
-from deploy.loadcheck import LoadPlan, check_ledgers, run_load
+from deploy.loadcheck import check_ledgers
 from deploy.rolling import read_servers, rolling_restart
-from tests.conftest import wait_for
+from tests.conftest import load_during, wait_for
 
 
 def quiet(message: str) -> None:
@@ -30,27 +28,7 @@ def pools(stack_factory):  # type: ignore[no-untyped-def]
 
 
 def load(engine, requests: int = 20_000, during=None):  # type: ignore[no-untyped-def]
-    plan = LoadPlan(url=f"{engine.frontend_url()}/cms", requests=requests, concurrency=100,
-                    post_share=0.2, slow_share=0.1, slow_ms=150)
-    done = threading.Event()
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            if during:
-                during()
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            done.set()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    result = uvloop.run(run_load(plan, keep_going=lambda: not done.is_set()))
-    thread.join()
-    if errors:
-        raise errors[0]
-    return result
+    return load_during(engine.frontend_url(), during, requests, start_after_s=0)[0]
 
 
 def test_switch_and_rollback_under_load_lose_nothing(pools) -> None:  # type: ignore[no-untyped-def]

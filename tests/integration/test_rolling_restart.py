@@ -8,41 +8,22 @@ or the zero means nothing.
 from __future__ import annotations
 
 import subprocess
-import threading
-import time
 from pathlib import Path
 
-import uvloop
-
-from deploy.loadcheck import LoadPlan, LoadResult, check_ledgers, run_load
+from deploy.loadcheck import LoadResult, check_ledgers
 from deploy.local import LocalEngine
 from deploy.rolling import Event, RestartResult, read_servers, rolling_restart
-from tests.conftest import BIN, make_stack, shut_down
+from tests.conftest import BIN, load_during, make_stack, shut_down
 
 
-def load_with_restart(engine: LocalEngine, version: str, requests: int = 20_000) -> tuple[LoadResult, RestartResult]:
-    plan = LoadPlan(url=f"{engine.frontend_url()}/cms", requests=requests, concurrency=100,
-                    post_share=0.2, slow_share=0.1, slow_ms=150)
+def load_with_restart(engine: LocalEngine, version: str) -> tuple[LoadResult, RestartResult]:
     events: list[Event] = []
-    outcome: list[RestartResult] = []
-    done = threading.Event()
-
-    def restart() -> None:
-        try:
-            time.sleep(1.0)
-            outcome.append(rolling_restart(engine, version, {}, 60, events.append))
-        finally:
-            done.set()
-
-    thread = threading.Thread(target=restart)
-    thread.start()
-    result = uvloop.run(run_load(plan, keep_going=lambda: not done.is_set()))
-    thread.join()
-    assert outcome, "the restart thread crashed"
-    restart_result = outcome[0]
+    result, restart = load_during(
+        engine.frontend_url(), lambda: rolling_restart(engine, version, {}, 60, events.append))
     # The whole restart happened while the load ran.
     assert result.started < events[0].at and events[-1].at < result.started + result.elapsed_s
-    return result, restart_result
+    assert isinstance(restart, RestartResult)
+    return result, restart
 
 
 def test_rolling_restart_under_load_loses_nothing(stack_factory) -> None:  # type: ignore[no-untyped-def]
