@@ -1,9 +1,10 @@
 """drain-agent: a PID-1 wrapper that drains a server in HAProxy before its app stops."""
 
 from agent.config import AgentConfig, load_config
-from agent.drain import Agent, AgentState
 from agent.errors import AgentError
-from agent.haproxy import RuntimeAPI, ServerStat, parse_address, parse_stat_csv
+from agent.events import AgentState
+from agent.haproxy import RuntimeAPI, ServerStat, StatsPage, parse_address, parse_stat_csv
+from agent.machine import Agent
 
 __all__ = [
     "Agent",
@@ -12,6 +13,7 @@ __all__ = [
     "AgentState",
     "RuntimeAPI",
     "ServerStat",
+    "StatsPage",
     "load_config",
     "parse_address",
     "parse_stat_csv",

@@ -1,17 +1,118 @@
-"""`drain-agent [options] -- <app command...>`"""
+"""`drain-agent [options] -- <app command...>`: wires the state machine to the real world."""
 
 from __future__ import annotations
 
-import asyncio
+import signal
 import sys
-from collections.abc import Sequence
 
-from agent.config import load_config
-from agent.drain import Agent
-from agent.errors import AgentError
-from agent.events import Timeline, setup_logging
-from agent.metrics import Metrics, NoMetrics, PrometheusMetrics
-from agent.supervise import become_subreaper
+# PID 1 ignores every signal it has no handler for: catch stop signals from the first instant,
+# before the imports and the config, and hand them to the machine once it runs.
+EARLY_SIGNALS: list[int] = []
+for _sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(_sig, lambda sig, _frame: EARLY_SIGNALS.append(sig))
+
+import asyncio  # noqa: E402
+import functools  # noqa: E402
+import socket  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+
+from agent import probe  # noqa: E402
+from agent.config import AgentConfig, load_config  # noqa: E402
+from agent.errors import AgentError  # noqa: E402
+from agent.events import Timeline, setup_logging  # noqa: E402
+from agent.haproxy import ServerStat, StatsPage  # noqa: E402
+from agent.machine import Agent  # noqa: E402
+from agent.metrics import Metrics, NoMetrics, PrometheusMetrics  # noqa: E402
+from agent.responder import Responder  # noqa: E402
+from agent.supervise import Child, become_subreaper  # noqa: E402
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+FORWARDED_SIGNALS = (
+    signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH,
+    signal.SIGCONT, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU,
+)
+
+
+class RealClock:
+    def now(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+@functools.cache
+def is_local_address(ip: str) -> bool:
+    """Is `ip` one of this host's (this container's) addresses? Only those can be bound."""
+    try:
+        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.bind((ip, 0))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+class HostProbes:
+    """The app's readiness URL, and which HAProxy rows are this instance's."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+
+    async def app_ready(self) -> bool:
+        return await probe.ready(self.config.ready_url, timeout_s=max(1.0, self.config.poll_interval_s))
+
+    async def port_taken(self) -> bool:
+        return await probe.listening(self.config.ready_url, timeout_s=1.0)
+
+    def is_mine(self, stat: ServerStat) -> bool:
+        if self.config.backend and stat.backend != self.config.backend:
+            return False
+        if self.config.server:
+            return stat.server == self.config.server
+        host, _, port = stat.addr.rpartition(":")
+        return port == str(self.config.port) and bool(host) and is_local_address(host.strip("[]"))
+
+
+async def serve(config: AgentConfig, metrics: Metrics) -> int:
+    timeline = Timeline(config.server_id)
+    loop = asyncio.get_running_loop()
+    children: list[Child] = []
+
+    def spawn() -> Child:
+        child = Child(config.command)
+        children.append(child)
+        loop.add_signal_handler(signal.SIGCHLD, child.reap)
+        return child
+
+    agent = Agent(
+        config,
+        spawn=spawn,
+        haproxies=[StatsPage(url, config.stats_timeout_s) for url in config.haproxy_stats],
+        probes=HostProbes(config),
+        clock=RealClock(),
+        timeline=timeline,
+        metrics=metrics,
+    )
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, agent.on_stop_signal, sig)
+    for sig in FORWARDED_SIGNALS:
+        loop.add_signal_handler(sig, agent.on_forwarded_signal, sig)
+    for early in EARLY_SIGNALS:
+        agent.on_stop_signal(early)
+    responder = Responder(config.agent_bind, config.agent_port, lambda: agent.state.value)
+    try:
+        await responder.start()
+    except OSError as exc:
+        raise AgentError(f"cannot listen on {config.agent_bind}:{config.agent_port} "
+                         f"(--agent-port): {exc.strerror or exc}") from None
+    agent.event("agent.listening", port=config.agent_port,
+                haproxies=",".join(config.haproxy_stats))
+    try:
+        return await agent.run()
+    finally:
+        responder.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -25,10 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("drain-agent: warning: cannot reap orphans here; run it as PID 1 "
               "(container ENTRYPOINT)", file=sys.stderr)
     metrics: Metrics = PrometheusMetrics(config.metrics_port) if config.metrics_port else NoMetrics()
-    timeline = Timeline(config.server_id)
-    agent = Agent(config, timeline, metrics)
     try:
-        code = asyncio.run(agent.run())
+        code = asyncio.run(serve(config, metrics))
     except AgentError as exc:
         print(f"drain-agent: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -1,8 +1,12 @@
-"""drain-agent's settings: flags, each with an environment variable, checked before anything starts."""
+"""drain-agent's settings: flags, each with an environment variable, checked before anything starts.
+
+Each default is written once, on `AgentConfig`; the flags' help text reads it from there.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -10,37 +14,50 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from agent.errors import ConfigError
-from agent.haproxy import Address, check_name, parse_address
+from agent.haproxy import check_name, check_stats_url
 
 ENV_PREFIX = "DRAIN_AGENT_"
+# Settings of the push-based agent that no longer exist: say so instead of ignoring them.
+GONE = {
+    "HAPROXY": "agents no longer use HAProxy's Runtime API: HAProxy polls them (agent-check); "
+               f"give the read-only stats instead: {ENV_PREFIX}HAPROXY_STATS=http://haproxy:8404/stats;csv",
+    "HAPROXY_WAIT": "there is no start-up wait for HAProxy any more; remove it",
+    "WATCH_INTERVAL": "HAProxy re-learns the state by itself after a restart; remove it",
+    "API_TIMEOUT": f"renamed {ENV_PREFIX}STATS_TIMEOUT",
+}
 
 
 @dataclass(frozen=True, kw_only=True)
 class AgentConfig:
-    haproxy: tuple[Address, ...]
-    backend: str
-    server: str
     command: tuple[str, ...]
+    haproxy_stats: tuple[str, ...]  # each HAProxy's read-only stats CSV URL
+    agent_port: int = 9200  # where HAProxy's agent-check polls this instance's state
+    agent_bind: str = "0.0.0.0"
+    backend: str = ""  # '': any backend
+    server: str = ""  # '': find this instance's rows by address (ip:server_port)
+    server_port: int = 0  # 0: the readiness URL's port
     ready_url: str = "http://127.0.0.1:8000/readyz"
     drain_timeout_s: float = 20.0  # longest wait for HAProxy to report 0 sessions
     stop_timeout_s: float = 25.0  # longest wait for the app after its signal, then SIGKILL
-    start_timeout_s: float = 60.0  # longest wait for readiness and HAProxy UP
+    start_timeout_s: float = 60.0  # longest wait for the app's readiness
     poll_interval_s: float = 0.05  # drain and readiness polling
-    watch_interval_s: float = 1.0  # while serving: notice HAProxy restarts and re-assert
-    haproxy_wait_s: float = 10.0  # at start: how long HAProxy may take to answer
-    api_timeout_s: float = 1.0  # per Runtime API call
+    stats_timeout_s: float = 1.0  # per stats read
     metrics_port: int = 0  # 0: no metrics endpoint
 
     def __post_init__(self) -> None:
         if not self.command:
             raise ConfigError("no app command: drain-agent [options] -- <app command...>")
-        if not self.haproxy:
+        if not self.haproxy_stats:
             raise ConfigError(
-                "no HAProxy address: give --haproxy unix:///path or tcp://host:port "
-                f"(or {ENV_PREFIX}HAPROXY)"
+                "no HAProxy stats URL: give --haproxy-stats http://haproxy:8404/stats;csv "
+                f"(or {ENV_PREFIX}HAPROXY_STATS, comma-separated for several HAProxies)"
             )
-        check_name("backend", self.backend)
-        check_name("server", self.server)
+        for stats_url in self.haproxy_stats:
+            check_stats_url(stats_url)
+        if self.backend:
+            check_name("backend", self.backend)
+        if self.server:
+            check_name("server", self.server)
         url = urlsplit(self.ready_url)
         try:
             url.port  # noqa: B018 - raises on a bad port
@@ -52,100 +69,126 @@ class AgentConfig:
             ("--drain-timeout", self.drain_timeout_s),
             ("--stop-timeout", self.stop_timeout_s),
             ("--start-timeout", self.start_timeout_s),
-            ("--haproxy-wait", self.haproxy_wait_s),
         ):
             if not math.isfinite(value) or value < 0:
                 raise ConfigError(f"{flag} {value}: must be a finite number of seconds >= 0")
         for flag, value in (
             ("--poll-interval", self.poll_interval_s),
-            ("--watch-interval", self.watch_interval_s),
-            ("--api-timeout", self.api_timeout_s),
+            ("--stats-timeout", self.stats_timeout_s),
         ):
             if not math.isfinite(value) or not 0.001 <= value <= 60:
                 raise ConfigError(f"{flag} {value}: must be between 0.001 and 60 seconds")
-        if not 0 <= self.metrics_port < 65536:
-            raise ConfigError(f"--metrics-port {self.metrics_port}: not a TCP port (0 = off)")
+        for flag, port, low in (
+            ("--agent-port", self.agent_port, 1),
+            ("--metrics-port", self.metrics_port, 0),
+            ("--server-port", self.server_port, 0),
+        ):
+            if not low <= port < 65536:
+                raise ConfigError(f"{flag} {port}: not a TCP port")
+
+    @property
+    def port(self) -> int:
+        """The app's port as HAProxy sees it."""
+        parts = urlsplit(self.ready_url)
+        return self.server_port or parts.port or (443 if parts.scheme == "https" else 80)
 
     @property
     def server_id(self) -> str:
-        return f"{self.backend}/{self.server}"
+        """How the logs name this instance."""
+        if self.server:
+            return f"{self.backend or '*'}/{self.server}"
+        return f"*:{self.port}"
+
+
+# flag -> (field, type); the env variable is ENV_PREFIX + the flag in capitals.
+FLAGS = {
+    "--haproxy-stats": ("haproxy_stats", str),
+    "--agent-port": ("agent_port", int),
+    "--agent-bind": ("agent_bind", str),
+    "--backend": ("backend", str),
+    "--server": ("server", str),
+    "--server-port": ("server_port", int),
+    "--ready-url": ("ready_url", str),
+    "--drain-timeout": ("drain_timeout_s", float),
+    "--stop-timeout": ("stop_timeout_s", float),
+    "--start-timeout": ("start_timeout_s", float),
+    "--poll-interval": ("poll_interval_s", float),
+    "--stats-timeout": ("stats_timeout_s", float),
+    "--metrics-port": ("metrics_port", int),
+}
+HELP = {
+    "--haproxy-stats": "a HAProxy's read-only stats CSV, http://host:port/stats;csv; repeat it "
+                       "or separate with commas for several HAProxies",
+    "--agent-port": "port HAProxy's agent-check polls for this instance's state",
+    "--agent-bind": "address the agent port binds",
+    "--backend": "only look at this HAProxy backend",
+    "--server": "this instance's server name (default: found by its address)",
+    "--server-port": "the app's port as HAProxy sees it (default: the readiness URL's)",
+    "--ready-url": "the app's readiness URL",
+    "--drain-timeout": "max seconds to wait for 0 sessions in every HAProxy",
+    "--stop-timeout": "max seconds for the app to exit after its signal, then SIGKILL",
+    "--start-timeout": "max seconds for the app to become ready",
+    "--poll-interval": "seconds between drain and readiness polls",
+    "--stats-timeout": "max seconds for one stats read",
+    "--metrics-port": "serve Prometheus metrics on this port (0: off)",
+}
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(AgentConfig)}
+
+
+def env_name(flag: str) -> str:
+    return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="drain-agent",
+        allow_abbrev=False,
         usage="drain-agent [options] -- <app command...>",
         description=(
-            "Run an app as a container entrypoint (PID 1) behind HAProxy: mark the server "
-            "ready once the app is, and on SIGTERM drain it in HAProxy before the app "
-            "gets the signal. Every option has an environment variable: "
+            "Run an app as a container entrypoint (PID 1) behind HAProxy. HAProxy polls the "
+            "agent's state on --agent-port (agent-check): ready once the app is, drain on "
+            "SIGTERM; the app gets its signal only when every HAProxy shows zero sessions. "
+            "Every option has an environment variable: "
             f"{ENV_PREFIX}<OPTION> (e.g. {ENV_PREFIX}DRAIN_TIMEOUT)."
         ),
     )
-    add = parser.add_argument
-    add("--haproxy", action="append", metavar="ADDR",
-        help="Runtime API address, unix:///path or tcp://host:port; repeat for several "
-             "HAProxy instances (env: comma-separated)")
-    add("--backend", help="HAProxy backend name (default: app)")
-    add("--server", help="this instance's server name in the backend (required)")
-    add("--ready-url", help="the app's readiness URL (default http://127.0.0.1:8000/readyz)")
-    add("--drain-timeout", type=float, metavar="S", help="max wait for 0 sessions (default 20)")
-    add("--stop-timeout", type=float, metavar="S",
-        help="max wait for the app to exit after its signal, then SIGKILL (default 25)")
-    add("--start-timeout", type=float, metavar="S",
-        help="max wait for readiness and HAProxy UP (default 60)")
-    add("--poll-interval", type=float, metavar="S", help="drain/readiness polling (default 0.05)")
-    add("--watch-interval", type=float, metavar="S",
-        help="how often to check HAProxy while serving, to re-assert after its restarts (default 1)")
-    add("--haproxy-wait", type=float, metavar="S",
-        help="at start, how long HAProxy may take to answer (default 10)")
-    add("--api-timeout", type=float, metavar="S", help="per Runtime API call (default 1)")
-    add("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics (default off)")
-    add("command", nargs=argparse.REMAINDER, help="the app command, after --")
+    for flag, (field, kind) in FLAGS.items():
+        default = DEFAULTS.get(field)
+        shown = f" (default {default})" if default not in (None, "", 0, dataclasses.MISSING) else ""
+        parser.add_argument(
+            flag, action="append" if flag == "--haproxy-stats" else "store", type=kind,
+            metavar=field.upper().removesuffix("_S") if kind is not str else None,
+            help=f"{HELP[flag]}{shown}; env {env_name(flag)}",
+        )
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="the app command, after --")
     return parser
 
 
 def load_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> AgentConfig:
     env = os.environ if env is None else env
-    args = build_parser().parse_args(list(argv))
-    command = list(args.command)
+    for name, why in GONE.items():
+        if env.get(ENV_PREFIX + name):
+            raise ConfigError(f"{ENV_PREFIX}{name} is no longer read: {why}")
+    args = vars(build_parser().parse_args(list(argv)))
+    command = list(args.pop("command"))
     if command and command[0] == "--":
         command = command[1:]
-
-    def text(flag_value: str | None, name: str, default: str) -> str:
-        if flag_value is not None:
-            return flag_value
-        return env.get(ENV_PREFIX + name) or default
-
-    def number(flag_value: float | None, name: str, default: float) -> float:
-        if flag_value is not None:
-            return flag_value
-        raw = env.get(ENV_PREFIX + name)
-        if not raw:
-            return default
-        try:
-            return float(raw)
-        except ValueError:
-            raise ConfigError(f"{ENV_PREFIX}{name}={raw!r}: expected a number") from None
-
-    haproxy = args.haproxy or [
-        a.strip() for a in env.get(ENV_PREFIX + "HAPROXY", "").split(",") if a.strip()
-    ]
-    server = text(args.server, "SERVER", "")
-    if not server:
-        raise ConfigError(f"no server name: give --server (or {ENV_PREFIX}SERVER)")
-    return AgentConfig(
-        haproxy=tuple(parse_address(a) for a in haproxy),
-        backend=text(args.backend, "BACKEND", "app"),
-        server=server,
-        command=tuple(command),
-        ready_url=text(args.ready_url, "READY_URL", "http://127.0.0.1:8000/readyz"),
-        drain_timeout_s=number(args.drain_timeout, "DRAIN_TIMEOUT", 20.0),
-        stop_timeout_s=number(args.stop_timeout, "STOP_TIMEOUT", 25.0),
-        start_timeout_s=number(args.start_timeout, "START_TIMEOUT", 60.0),
-        poll_interval_s=number(args.poll_interval, "POLL_INTERVAL", 0.05),
-        watch_interval_s=number(args.watch_interval, "WATCH_INTERVAL", 1.0),
-        haproxy_wait_s=number(args.haproxy_wait, "HAPROXY_WAIT", 10.0),
-        api_timeout_s=number(args.api_timeout, "API_TIMEOUT", 1.0),
-        metrics_port=int(number(args.metrics_port, "METRICS_PORT", 0)),
-    )
+    values: dict[str, object] = {}
+    for flag, (field, kind) in FLAGS.items():
+        given = args[flag.lstrip("-").replace("-", "_")]
+        if given is None:
+            raw = env.get(env_name(flag), "")
+            if not raw:
+                continue
+            if flag == "--haproxy-stats":
+                given = [raw]
+            else:
+                try:
+                    given = kind(raw)
+                except ValueError:
+                    raise ConfigError(f"{env_name(flag)}={raw!r}: expected {kind.__name__}") from None
+        if flag == "--haproxy-stats":  # repeated, or comma-separated like its env variable
+            given = [part.strip() for item in given for part in item.split(",") if part.strip()]
+        values[field] = tuple(given) if flag == "--haproxy-stats" else given
+    values.setdefault("haproxy_stats", ())
+    return AgentConfig(command=tuple(command), **values)  # type: ignore[arg-type]

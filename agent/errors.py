@@ -4,7 +4,7 @@ from __future__ import annotations
 
 EXIT_USAGE = 2  # bad flags, bad addresses, missing command
 EXIT_START_TIMEOUT = 3  # the app never became ready
-EXIT_HAPROXY = 4  # HAProxy unreachable at start, or it does not know our server
+EXIT_HAPROXY = 4  # an operator tool could not use HAProxy
 EXIT_EXEC_FAILED = 126  # command found but not runnable
 EXIT_NOT_FOUND = 127  # command not found
 
@@ -30,7 +30,7 @@ class ConfigError(AgentError):
 
 
 class HAProxyError(AgentError):
-    """The Runtime API could not be used."""
+    """HAProxy (its stats or its Runtime API) could not be used."""
 
     exit_code = EXIT_HAPROXY
 

@@ -1,16 +1,51 @@
-"""The agent's timeline: one log line per event, with the server name and elapsed ms.
+"""The agent's vocabulary and its timeline: one log line per event, with the server and elapsed ms.
 
-    2026-11-26T05:10:00.123Z drain-agent[7] event=drain.done server=app/app1 t_ms=5120 drain_ms=38
+    2026-11-26T05:10:00.123Z drain-agent[7] event=drain.done server=172.18.0.5:8000 t_ms=5120 drain_ms=38
+
+Every state and event name is listed here once; the report and the benchmarks read the
+same names back from the logs.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import sys
 import time
 from collections.abc import Mapping
 
 log = logging.getLogger("drain_agent")
+
+
+class AgentState(enum.Enum):
+    STARTING = "starting"  # the app is starting; HAProxy is told maint
+    READY = "ready"  # the app answers its readiness URL; HAProxy is told ready
+    DRAINING = "draining"  # stop asked; HAProxy is told drain; waiting for zero sessions
+    STOPPING = "stopping"  # the app has its signal; HAProxy is told maint
+    EXITED = "exited"
+
+
+EVENTS = {
+    "agent.state": "a state change (from, to)",
+    "agent.listening": "the agent-check port is open",
+    "app.port_busy": "another process still answers on the app's port; waiting for it to go",
+    "app.started": "the app was spawned",
+    "app.ready": "the app answered its readiness URL",
+    "app.signalled": "the app got its stop signal",
+    "app.kill": "the app outlived --stop-timeout and got SIGKILL",
+    "app.exited": "the app is gone (code, how)",
+    "start.timeout": "the app was not ready within --start-timeout",
+    "haproxy.up": "every HAProxy shows this server UP",
+    "haproxy.not_up": "a HAProxy does not show this server UP after --start-timeout",
+    "haproxy.missing": "a HAProxy's stats have no server with this instance's address",
+    "haproxy.error": "a HAProxy's stats could not be read (retried)",
+    "drain.done": "every HAProxy shows this server out of rotation with zero sessions",
+    "drain.timeout": "--drain-timeout passed before every HAProxy showed zero",
+    "drain.cut": "the drain ended early: a second signal, or the app exited",
+    "signal.received": "a stop signal: the drain begins",
+    "signal.again": "a second stop signal: the drain is cut short",
+    "signal.forwarded": "a signal passed on to the app",
+}
 
 
 class UTCFormatter(logging.Formatter):
@@ -30,7 +65,7 @@ def setup_logging() -> None:
 def fmt(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.3f}"
-    text = str(value)
+    text = str(value).replace("\n", "\\n")
     return f'"{text}"' if (" " in text or not text) else text
 
 
@@ -43,6 +78,8 @@ class Timeline:
         return int((time.monotonic() - moment) * 1000)
 
     def event(self, name: str, level: int, fields: Mapping[str, object]) -> None:
+        if name not in EVENTS:
+            raise ValueError(f"unknown event {name!r}: add it to agent.events.EVENTS")
         extra = "".join(f" {key}={fmt(value)}" for key, value in fields.items())
         log.log(
             level,

@@ -1,8 +1,10 @@
-"""HAProxy Runtime API client: the one place that talks to HAProxy's admin socket.
+"""The one HAProxy client: its read-only stats CSV, and the admin Runtime API for operators.
 
-One command per connection (HAProxy's non-interactive mode): connect, send a line,
-read to EOF. Every call has a deadline, so a stuck HAProxy can never hang a drain.
-The parsers are pure functions, shared with `rollout` (which reads the same CSV).
+Agents only ever read stats (`StatsPage`): HAProxy learns their state by polling them
+(agent-check), so no app needs, or can get, admin rights. `RuntimeAPI` is for the
+operator's tools (`rollout status`, blue/green `set map`), over a socket no app can open.
+Every call has a deadline, so a stuck HAProxy can never hang a drain or a deploy.
+The parsers are pure functions, shared with `rollout`.
 """
 
 from __future__ import annotations
@@ -14,13 +16,12 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from agent import probe
 from agent.errors import ConfigError, HAProxyCommandError, HAProxyConnectError, HAProxyParseError
 
 API_TIMEOUT_S = 1.0
 MAX_REPLY_BYTES = 4 * 1024 * 1024
 NAME = re.compile(r"[A-Za-z0-9._:-]+")
-# Replies to `set server` are empty on success; anything else is HAProxy's error text.
-SERVER_STATES = ("ready", "drain", "maint")
 
 
 @dataclass(frozen=True)
@@ -63,17 +64,24 @@ def check_name(kind: str, name: str) -> str:
 
 @dataclass(frozen=True)
 class ServerStat:
-    """One server's row of `show stat`: what a drain needs to know."""
+    """One server's row of the stats CSV: what a drain and a deploy need to know."""
 
     backend: str
     server: str
-    status: str  # UP, DOWN, DRAIN, MAINT, NOLB, 'UP 1/2', 'MAINT (resolution)', ...
+    status: str  # UP, DOWN, 'DRAIN (agent)', MAINT, NOLB, 'UP 1/2', 'MAINT (resolution)', ...
     scur: int  # current sessions
     qcur: int  # requests queued for this server
+    addr: str = ""  # ip:port as HAProxy sees it ('' while a DNS slot is empty)
+    check: str = ""  # the last health check's description, e.g. 'Layer4 connection problem'
 
     @property
     def busy(self) -> int:
         return self.scur + self.qcur
+
+    @property
+    def accepting(self) -> bool:
+        """Would HAProxy send this server a new request? (UP, or 'UP 1/2' on its way down.)"""
+        return self.status.startswith("UP") or self.status == "no check"
 
     @property
     def admin_state(self) -> str:
@@ -87,31 +95,31 @@ class ServerStat:
         return "down"  # DOWN, NOLB, transitional 'UP 1/2' / 'DOWN 1/2', no check yet
 
 
-def parse_stat_csv(text: str) -> list[dict[str, str]]:
-    """Rows of `show stat` (or the stats page's `;csv`) as dicts keyed by column name."""
-    lines = text.splitlines()
-    if not lines or not lines[0].startswith("# "):
-        first = lines[0][:80] if lines else ""
-        raise HAProxyParseError(f"show stat: expected a '# pxname,...' header, got {first!r}")
-    header = lines[0][2:].split(",")
+def parse_stat_csv(text: str) -> list[ServerStat]:
+    """Server rows (not FRONTEND/BACKEND) of `show stat` or the stats page's `;csv`.
+
+    Rows end at '\\n' only: a health check's reason phrase may hold a form feed or another
+    character that `str.splitlines` would take for a line break.
+    """
+    header_line, _, body = text.partition("\n")
+    if not header_line.startswith("# "):
+        raise HAProxyParseError(f"stats: expected a '# pxname,...' header, got {header_line[:80]!r}")
+    header = header_line[2:].rstrip("\r").split(",")
     if header[:2] != ["pxname", "svname"]:
-        raise HAProxyParseError(f"show stat: unexpected columns {header[:3]!r}")
-    rows = []
-    for fields in csv.reader(io.StringIO("\n".join(line for line in lines[1:] if line))):
-        if len(fields) < len(header) - 1:
-            raise HAProxyParseError(f"show stat: truncated row {','.join(fields)[:80]!r}")
-        rows.append(dict(zip(header, fields, strict=False)))
-    return rows
-
-
-def server_stat(rows: list[dict[str, str]], backend: str, server: str) -> ServerStat:
-    for row in rows:
-        if row.get("pxname") == backend and row.get("svname") == server:
-            return stat_from_row(row)
-    known = sorted(r["svname"] for r in rows if r.get("pxname") == backend)
-    known = [s for s in known if s not in ("FRONTEND", "BACKEND")]
-    where = f"servers there: {', '.join(known)}" if known else "no such backend"
-    raise HAProxyCommandError(f"HAProxy has no server {backend}/{server} ({where})")
+        raise HAProxyParseError(f"stats: unexpected columns {header[:3]!r}")
+    stats = []
+    try:
+        for fields in csv.reader(io.StringIO(body, newline="")):
+            if not fields:
+                continue
+            if len(fields) < len(header) - 1:
+                raise HAProxyParseError(f"stats: truncated row {','.join(fields)[:80]!r}")
+            row = dict(zip(header, fields, strict=False))
+            if row["svname"] not in ("FRONTEND", "BACKEND"):
+                stats.append(stat_from_row(row))
+    except csv.Error as exc:
+        raise HAProxyParseError(f"stats: not CSV ({exc})") from None
+    return stats
 
 
 def stat_from_row(row: dict[str, str]) -> ServerStat:
@@ -122,15 +130,26 @@ def stat_from_row(row: dict[str, str]) -> ServerStat:
             status=row["status"],
             scur=int(row["scur"] or 0),
             qcur=int(row["qcur"] or 0),
+            addr=row.get("addr", ""),
+            check=row.get("check_desc", ""),
         )
     except (KeyError, ValueError) as exc:
-        raise HAProxyParseError(f"show stat: bad row for {row.get('svname')!r}: {exc}") from exc
+        raise HAProxyParseError(f"stats: bad row for {row.get('svname')!r}: {exc}") from exc
+
+
+def find_server(stats: list[ServerStat], backend: str, server: str) -> ServerStat:
+    for stat in stats:
+        if stat.backend == backend and stat.server == server:
+            return stat
+    known = sorted(s.server for s in stats if s.backend == backend)
+    where = f"servers there: {', '.join(known)}" if known else "no such backend"
+    raise HAProxyCommandError(f"HAProxy has no server {backend}/{server} ({where})")
 
 
 def parse_info(text: str) -> dict[str, str]:
     """`show info` is 'Key: value' lines."""
     info = {}
-    for line in text.splitlines():
+    for line in text.split("\n"):
         key, sep, value = line.partition(": ")
         if sep:
             info[key] = value
@@ -139,7 +158,42 @@ def parse_info(text: str) -> dict[str, str]:
     return info
 
 
+def check_stats_url(url: str) -> str:
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        parts = parts._replace(netloc="")
+    if parts.scheme != "http" or not parts.hostname:
+        raise ConfigError(f"HAProxy stats URL {url!r}: expected http://host:port/stats;csv")
+    return url
+
+
+class StatsPage:
+    """HAProxy's read-only stats CSV over HTTP (`http://haproxy:8404/stats;csv`)."""
+
+    def __init__(self, url: str, timeout_s: float = API_TIMEOUT_S) -> None:
+        self.url = check_stats_url(url)
+        self.timeout_s = timeout_s
+
+    def __repr__(self) -> str:
+        return f"StatsPage({self.url})"
+
+    async def servers(self) -> list[ServerStat]:
+        try:
+            status, body = await probe.get(self.url, self.timeout_s, MAX_REPLY_BYTES)
+        except (OSError, TimeoutError) as exc:
+            raise HAProxyConnectError(
+                f"HAProxy stats at {self.url} unreachable: {exc or 'timeout'}"
+            ) from None
+        if status != 200:
+            raise HAProxyCommandError(f"HAProxy stats at {self.url} answered {status}")
+        return parse_stat_csv(body.decode(errors="replace"))
+
+
 class RuntimeAPI:
+    """The admin Runtime API: one command per connection, read to EOF. Operators only."""
+
     def __init__(self, address: Address, timeout_s: float = API_TIMEOUT_S) -> None:
         self.address = address
         self.timeout_s = timeout_s
@@ -148,6 +202,8 @@ class RuntimeAPI:
         return f"RuntimeAPI({self.address})"
 
     async def command(self, line: str) -> str:
+        if "\n" in line or "\r" in line:
+            raise HAProxyCommandError(f"refusing a Runtime API command with a line break: {line!r}")
         try:
             async with asyncio.timeout(self.timeout_s):
                 return await self._exchange(line)
@@ -176,28 +232,17 @@ class RuntimeAPI:
         finally:
             writer.close()
 
-    async def stats(self, backend: str) -> list[dict[str, str]]:
+    async def servers(self, backend: str = "-1") -> list[ServerStat]:
         reply = await self.command(f"show stat {backend} 4 -1")
         if not reply.startswith("# "):
             raise HAProxyCommandError(f"HAProxy at {self.address}: {reply.strip()[:200]}")
         return parse_stat_csv(reply)
 
-    async def server_stat(self, backend: str, server: str) -> ServerStat:
-        try:
-            rows = await self.stats(backend)
-        except HAProxyCommandError as exc:
-            if "No such proxy" in str(exc):
-                raise HAProxyCommandError(
-                    f"HAProxy at {self.address} has no backend {backend!r}"
-                ) from None
-            raise
-        return server_stat(rows, backend, server)
-
     async def info(self) -> dict[str, str]:
         return parse_info(await self.command("show info"))
 
     async def set_server(self, backend: str, server: str, setting: str) -> None:
-        """`set server <b>/<s> <setting>`, e.g. 'state drain' or 'health up'."""
+        """`set server <b>/<s> <setting>`, e.g. 'state drain': an operator's manual override."""
         reply = (await self.command(f"set server {backend}/{server} {setting}")).strip()
         if reply:
             raise HAProxyCommandError(

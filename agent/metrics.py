@@ -8,18 +8,18 @@ from __future__ import annotations
 
 from typing import Protocol
 
-STATES = ["starting", "ready", "draining", "stopping", "exited"]
+from agent.events import AgentState
 
 
 class Metrics(Protocol):
-    def record_state(self, state: str) -> None: ...
+    def record_state(self, state: AgentState) -> None: ...
     def record_drain(self, seconds: float) -> None: ...
     def record_time_to_ready(self, seconds: float) -> None: ...
-    def record_api_error(self) -> None: ...
+    def record_stats_error(self) -> None: ...
 
 
 class NoMetrics:
-    def record_state(self, state: str) -> None:
+    def record_state(self, state: AgentState) -> None:
         pass
 
     def record_drain(self, seconds: float) -> None:
@@ -28,7 +28,7 @@ class NoMetrics:
     def record_time_to_ready(self, seconds: float) -> None:
         pass
 
-    def record_api_error(self) -> None:
+    def record_stats_error(self) -> None:
         pass
 
 
@@ -45,29 +45,30 @@ class PrometheusMetrics:
 
         self.registry = CollectorRegistry()
         self.state = Enum(
-            "drain_agent_state", "Lifecycle state of the agent.", states=STATES,
+            "drain_agent_state", "Lifecycle state of the agent.",
+            states=[state.value for state in AgentState],
             registry=self.registry,
         )
         self.drain_seconds = Histogram(
             "drain_agent_drain_seconds",
-            "From `set server ... state drain` to zero sessions in HAProxy (or the timeout).",
+            "From the stop signal to zero sessions in every HAProxy (or the timeout).",
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=self.registry,
         )
         self.time_to_ready = Gauge(
             "drain_agent_time_to_ready_seconds",
-            "From spawning the app to UP in every HAProxy.",
+            "From the agent's start to the app's readiness.",
             registry=self.registry,
         )
-        self.api_errors = Counter(
-            "drain_agent_haproxy_api_errors",
-            "Runtime API calls that failed (unreachable, timeout, error reply).",
+        self.stats_errors = Counter(
+            "drain_agent_haproxy_stats_errors",
+            "HAProxy stats reads that failed (unreachable, timeout, error reply).",
             registry=self.registry,
         )
         start_http_server(port, registry=self.registry)
 
-    def record_state(self, state: str) -> None:
-        self.state.state(state)
+    def record_state(self, state: AgentState) -> None:
+        self.state.state(state.value)
 
     def record_drain(self, seconds: float) -> None:
         self.drain_seconds.observe(seconds)
@@ -75,5 +76,5 @@ class PrometheusMetrics:
     def record_time_to_ready(self, seconds: float) -> None:
         self.time_to_ready.set(seconds)
 
-    def record_api_error(self) -> None:
-        self.api_errors.inc()
+    def record_stats_error(self) -> None:
+        self.stats_errors.inc()

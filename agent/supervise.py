@@ -3,6 +3,8 @@
 Modelled on tini: the app runs in its own process group (a terminal's Ctrl-C reaches
 the agent, not the app, so the drain comes first), orphans are reaped with
 waitpid(-1) on every SIGCHLD, and the exit status becomes a shell-style exit code.
+Like `tini -p`, the app gets a parent-death signal: SIGTERM, so an agent killed with
+SIGKILL leaves no orphan, and the app still finishes what it has in flight.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Sequence
 
 from agent.errors import EXIT_EXEC_FAILED, EXIT_NOT_FOUND, AgentError
 
+PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -45,6 +48,14 @@ def describe(code: int) -> str:
     return f"exited with code {code}"
 
 
+def die_with_parent(parent: int) -> None:
+    """In the app, before exec: SIGTERM when the agent dies, even by SIGKILL."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # the agent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 class Child:
     """The app process. `exited` resolves to its exit code once it has been reaped."""
 
@@ -52,12 +63,14 @@ class Child:
         self.command = list(command)
         self.pid: int | None = None
         self.exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self.reaped_others = 0
 
     def start(self) -> int:
+        parent = os.getpid()
         try:
             # process_group=0: own group, so terminal signals reach only the agent.
-            process = subprocess.Popen(self.command, process_group=0)
+            process = subprocess.Popen(
+                self.command, process_group=0, preexec_fn=lambda: die_with_parent(parent)
+            )
         except FileNotFoundError:
             raise AgentError(f"app command not found: {self.command[0]!r}", EXIT_NOT_FOUND) from None
         except PermissionError:
@@ -97,5 +110,3 @@ class Child:
                 return
             if pid == self.pid and not self.exited.done():
                 self.exited.set_result(exit_code(status))
-            else:
-                self.reaped_others += 1

@@ -1,6 +1,6 @@
 """The three load clients, each run bounded in requests and time, on 127.0.0.1 only, as one row shape.
 
-- strict: our checker (deploy.loadcheck), never re-sends, classifies every failure.
+- strict: our checker (deploy.check.loadcheck), never re-sends, classifies every failure.
 - hey: the original design's check; its Go client re-sends GETs whose kept-alive
   connection was reset, so its 0 errors can hide resets.
 - wrk: does not re-send; resets show up as `Socket errors: read N`.
@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import uvloop
 
-from deploy.loadcheck import LedgerCheck, LoadPlan, LoadResult, run_load
+from deploy.check.loadcheck import LedgerCheck, LoadPlan, LoadResult, run_load
 
 # A child load generator may run this much longer than planned before it is cut off.
 SLACK_S = 120

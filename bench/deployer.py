@@ -86,7 +86,7 @@ class BackgroundDeploy:
 def main(argv: list[str]) -> int:
     state_dir, strategy, version, delay_s, timeout_s = argv
     from bench.strategies import STRATEGIES, DeployTiming
-    from deploy.local import LocalEngine, LocalStack
+    from deploy.engines.local import LocalEngine, LocalStack
 
     engine = LocalEngine(LocalStack.load(state_dir))
     run = STRATEGIES[strategy]

@@ -10,10 +10,10 @@ import subprocess
 import time
 from importlib import metadata
 
-from deploy.local import REPO_ROOT, haproxy_binary
+from deploy.engines.local import REPO_ROOT, haproxy_binary
 
 # The code under test: a change to any of these during a run makes its sections incomparable.
-CODE_GLOBS = ("agent/*.py", "service/*.py", "deploy/*.py", "haproxy/*.cfg")
+CODE_GLOBS = ("agent/*.py", "service/*.py", "deploy/**/*.py", "haproxy/*.cfg")
 
 
 def _first_line(command: list[str]) -> str:

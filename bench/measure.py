@@ -17,8 +17,8 @@ from bench.agentlog import deploy_costs
 from bench.deployer import BackgroundDeploy
 from bench.stacks import backend_counters, counter_delta, process_cpu, versions
 from bench.tracing import Trace, traced
-from deploy.loadcheck import LoadPlan, check_ledgers
-from deploy.local import LocalEngine
+from deploy.check.loadcheck import LoadPlan, check_ledgers
+from deploy.engines.local import LocalEngine
 
 
 @dataclass(frozen=True)

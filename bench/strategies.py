@@ -12,9 +12,9 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from agent.haproxy import RuntimeAPI, parse_address
-from deploy.engine import BACKEND
-from deploy.local import LocalEngine
-from deploy.rolling import Event, rolling_restart
+from deploy.engines.base import BACKEND
+from deploy.engines.local import LocalEngine
+from deploy.strategies.rolling import Event, rolling_restart
 
 # The sample script's unit of waiting: `sleep 1` before each connection check, 1 s between
 # status polls, and 1 s to let the instance "warm up and receive traffic" after `ready`.
@@ -48,7 +48,7 @@ def note(timing: DeployTiming, instance: str, name: str, detail: str = "") -> No
 
 
 def rolling(engine: LocalEngine, version: str, timeout_s: float) -> DeployTiming:
-    """deploy.rolling.rolling_restart: restart (supervisor: SIGTERM, wait, start), wait ready + UP, next."""
+    """rolling_restart: restart (supervisor: SIGTERM, wait, start), wait ready + UP, next."""
     timing = DeployTiming("rolling_restart", version)
 
     def report(event: Event) -> None:

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from unittest import mock
 
-from deploy import loadcheck
-from deploy.strict_http import Response, StrictClient
+from deploy.check import loadcheck
+from deploy.check.strict_http import Response, StrictClient
 
 
 @dataclass(frozen=True)

@@ -1,123 +1,166 @@
 #!/usr/bin/env bash
-# Plain rolling deploy of the compose demo: recreate one app container at a time; the next
-# only once HAProxy reports the new one UP and it answers with the new version.
+# Plain rolling deploy of the compose demo: replace the app service's containers one at a time;
+# the next only once HAProxy's own health check has the new one UP and it answers with the new
+# version. The same rules as `rollout restart` (deploy/strategies/rolling.py).
 #
-#   VERSION=v2 ./deploy/deploy.sh        or    ./deploy/deploy.sh v2 [--timeout SECONDS]
+#   ./deploy/deploy.sh v2                 # surge (default): new container first, then the old one stops
+#   ./deploy/deploy.sh v2 --stop-first    # for hosts with no room for one more container
+#   ./deploy/deploy.sh                    # no version: redeploy the version that runs (restart all)
 #
-# Each `docker compose up -d --no-deps --force-recreate appN` sends SIGTERM to the old
-# container's PID 1 (drain-agent): it drains the server in HAProxy, stops the app, and exits;
-# compose then starts the new container, whose agent marks it ready once the app is.
-# On the first instance that is not UP on the new version in time, it stops (exit 1) and
-# leaves the rest on the old version. Roll back with `./deploy/deploy.sh <old version>`.
+# Surge: `docker compose up --scale app=N+1 --no-recreate` starts one container of the new
+# version; once it is UP in HAProxy, `docker stop` sends SIGTERM to an old container's PID 1
+# (drain-agent): it answers `drain` to HAProxy's agent-check, waits for zero sessions, stops the
+# app and exits. Capacity never drops below N. Stop-first does the same in the other order.
+# Rules: an old container is stopped only while another server is UP; a new one that is not UP
+# on the new version in time halts the deploy (exit 1), is removed, and the containers not yet
+# replaced are listed; they keep running the old version.
 #
-# Environment: VERSION (or the first argument), DEPLOY_TIMEOUT (per instance, default 90 s),
-# DEPLOY_SERVICES (default "app1 app2 app3"), DEPLOY_VERSION_URL (inside the container,
-# default http://127.0.0.1:8000/version; empty: skip the version check, e.g. for an app
-# without one). Everything else (COMPOSE_PROJECT_NAME, COMPOSE_FILE, ZDH_*, SERVICE_WARMUP_S,
-# DRAIN_AGENT_START_TIMEOUT ...) goes to docker compose as it is.
+# Environment: VERSION (or the first argument), DEPLOY_TIMEOUT (per container, default 90 s),
+# DEPLOY_SERVICE (default app), DEPLOY_APP_PORT (the app's port in the container, 8000),
+# DEPLOY_VERSION_URL (inside the container, default http://127.0.0.1:8000/version; empty: skip the
+# version check, e.g. for an image with no python). Everything else (COMPOSE_PROJECT_NAME,
+# COMPOSE_FILE, ZDH_*, SERVICE_WARMUP_S, ...) goes to docker compose as it is.
 set -euo pipefail
 
-usage() { echo "usage: [VERSION=v2] $0 [VERSION] [--timeout SECONDS]" >&2; exit 2; }
+usage() { echo "usage: [VERSION=v2] $0 [VERSION] [--timeout SECONDS] [--stop-first]" >&2; exit 2; }
 
 version=${VERSION:-}
 timeout_s=${DEPLOY_TIMEOUT:-90}
+surge=yes
 while [ $# -gt 0 ]; do
   case $1 in
     --timeout) [ $# -ge 2 ] || usage; timeout_s=$2; shift 2 ;;
     --timeout=*) timeout_s=${1#--timeout=}; shift ;;
+    --stop-first) surge=; shift ;;
     -h|--help) usage ;;
     -*) echo "deploy.sh: unknown option $1" >&2; usage ;;
     *) [ -z "${version_arg:-}" ] || usage; version_arg=$1; shift ;;
   esac
 done
 version=${version_arg:-$version}
-[ -n "$version" ] || { echo "deploy.sh: no version: give VERSION=v2 or an argument" >&2; usage; }
-[[ $version =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]] \
-  || { echo "deploy.sh: version '$version' is not a valid image tag" >&2; exit 2; }
 [[ $timeout_s =~ ^[0-9]+$ ]] && [ "$timeout_s" -gt 0 ] \
   || { echo "deploy.sh: timeout '$timeout_s' must be a whole number of seconds > 0" >&2; exit 2; }
-read -r -a services <<<"${DEPLOY_SERVICES:-app1 app2 app3}"
+service=${DEPLOY_SERVICE:-app}
+app_port=${DEPLOY_APP_PORT:-8000}
 version_url=${DEPLOY_VERSION_URL-http://127.0.0.1:8000/version}
 
-cd "$(dirname "$0")/.."           # the compose file's directory, unless COMPOSE_FILE says otherwise
-export SERVICE_VERSION=$version   # the compose file tags the image and sets the app's version with it
+# The compose file's directory, unless COMPOSE_FILE says otherwise (made absolute first).
+if [ -n "${COMPOSE_FILE:-}" ]; then COMPOSE_FILE=$(realpath "$COMPOSE_FILE"); export COMPOSE_FILE; fi
+cd "$(dirname "$0")/.."
 
 began=$(date +%s.%N)
 log() { printf '%s %s\n' "$(date +%H:%M:%S.%3N)" "$*"; }
 fail() { printf '%s deploy.sh: %s\n' "$(date +%H:%M:%S.%3N)" "$*" >&2; exit 1; }
 since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
 
+read -r -a old_ids <<<"$(docker compose ps -q "$service" 2>/dev/null | tr '\n' ' ')"
+[ "${#old_ids[@]}" -gt 0 ] || fail "no running container of '$service'; start the stack with: docker compose up -d --wait"
+if [ -z "$version" ]; then
+  image=$(docker inspect -f '{{.Config.Image}}' "${old_ids[0]}")
+  version=${image##*:}
+  log "no version given: redeploying the running one, $version"
+fi
+[[ $version =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]] \
+  || { echo "deploy.sh: version '$version' is not a valid image tag" >&2; exit 2; }
+export SERVICE_VERSION=$version   # the compose file tags the image and sets the app's version with it
+
 # Where HAProxy's stats page is published (the compose file says 127.0.0.1:${ZDH_STATS_PORT:-8404}).
 stats_addr=$(docker compose port haproxy 8404 2>/dev/null || true)
 [ -n "$stats_addr" ] || fail "the stack is not up (no haproxy container with a published stats port); start it with: docker compose up -d --wait"
 stats_url="http://${stats_addr/0.0.0.0/127.0.0.1}/stats;csv;norefresh"
 
-# HAProxy's status for one server (column 18 of the stats CSV): UP, DOWN, MAINT, DRAIN, ...
-status_of() {
+# The stats CSV's servers as "addr status" lines (columns: 2 svname, 18 status, 74 addr).
+servers() {
   curl -fsS --max-time 2 "$stats_url" 2>/dev/null \
-    | awk -F, -v sv="$1" '$1 == "app" && $2 == sv { print $18; found = 1 } END { if (!found) print "unknown" }' \
-    || echo "stats unreachable"
+    | awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
+               $2 != "FRONTEND" && $2 != "BACKEND" && $(col["addr"]) != "" { print $(col["addr"]), $(col["status"]) }'
 }
-
-# The version the running container's app reports (empty when it does not answer).
+address_of() { docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' "$1" | awk '{print $1}'; }
+# HAProxy's status for a container, found by its address, as the agent finds its own row.
+status_of() {
+  local addr; addr="$(address_of "$1"):$app_port"
+  servers | awk -v a="$addr" '$1 == a { $1 = ""; sub(/^ /, ""); print; found = 1 } END { if (!found) print "missing" }'
+}
+up_except() {
+  local addr; addr="$(address_of "$1"):$app_port"
+  servers | awk -v a="$addr" '$1 != a && $2 == "UP" { n++ } END { print n + 0 }'
+}
 version_of() {
-  docker compose exec -T "$1" python -c '
+  [ -n "$version_url" ] || { echo "$version"; return; }
+  docker exec "$1" python -c '
 import json, sys, urllib.request as u
 try:
     print(json.load(u.build_opener(u.ProxyHandler({})).open(sys.argv[1], timeout=2))["version"])
 except Exception:
     pass' "$version_url" 2>/dev/null || true
 }
+short() { echo "${1:0:12}"; }
 
-others_up() {
-  local csv
-  csv=$(curl -fsS --max-time 2 "$stats_url" 2>/dev/null) || return 1
-  awk -F, -v sv="$1" '$1 == "app" && $2 != sv && $2 != "BACKEND" && $2 != "FRONTEND" && $18 == "UP" { n++ }
-                      END { print n + 0 }' <<<"$csv"
+# Until HAProxy has the container UP and it answers with the new version, or the timeout.
+wait_up() {
+  local id=$1 deadline status seen=""
+  deadline=$(( $(date +%s) + timeout_s ))
+  while :; do
+    status=$(status_of "$id")
+    if [ "$status" = UP ]; then
+      seen=$(version_of "$id")
+      [ "$seen" = "$version" ] && return 0
+    fi
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+      { echo "--- last log lines of $(short "$id"):"; docker logs --tail 12 "$id" 2>&1 || true; echo "---"; } >&2
+      echo "not UP on $version within ${timeout_s}s (HAProxy status: $status, version answered: ${seen:-none})"
+      return 1
+    fi
+    sleep 0.2
+  done
 }
+# One more container of the service, on the new version; prints its id.
+start_one() {
+  local before after id count
+  before=$(docker compose ps -q "$service" | sort)
+  count=$(( $(wc -l <<<"$before") + 1 ))
+  docker compose up -d --no-deps --no-recreate --scale "$service=$count" "$service" >"$build_log" 2>&1 \
+    || { cat "$build_log" >&2; return 1; }
+  after=$(docker compose ps -q "$service" | sort)
+  id=$(comm -13 <(echo "$before") <(echo "$after") | head -1)
+  [ -n "$id" ] && echo "$id"
+}
+retire() { docker stop -t 60 "$1" >/dev/null && docker rm "$1" >/dev/null; }
 
 log "deploy $version: building the image ..."
 build_log=$(mktemp)
 trap 'rm -f "$build_log"' EXIT
-docker compose build >"$build_log" 2>&1 || { cat "$build_log" >&2; fail "image build failed"; }
-log "deploy $version: image built in $(since "$began")s; rolling ${services[*]}"
+docker compose build "$service" >"$build_log" 2>&1 || { cat "$build_log" >&2; fail "image build failed"; }
+log "deploy $version: image built in $(since "$began")s; replacing ${#old_ids[@]} containers ($([ -n "$surge" ] && echo surge || echo stop-first))"
 
-for index in "${!services[@]}"; do
-  svc=${services[$index]}
-  rest=("${services[@]:index+1}")
-  old_id=$(docker compose ps -q "$svc" 2>/dev/null || true)
-  old_version=${old_id:+$(version_of "$svc")}
-  up_elsewhere=$(others_up "$svc" || echo 0)
-  [ "${up_elsewhere:-0}" -gt 0 ] \
-    || fail "[$svc] no other server is UP in HAProxy: recreating it would cut service; nothing done to $svc${rest:+ ${rest[*]}}"
-
-  log "[$svc] recreating: ${old_version:-?} -> $version (old container ${old_id:0:12}${old_id:+ drains first})"
+for index in "${!old_ids[@]}"; do
+  old=${old_ids[$index]}
+  rest=("${old_ids[@]:index+1}")
+  untouched=$(for id in "${rest[@]}"; do printf '%s ' "$(short "$id")"; done)
   t0=$(date +%s.%N)
-  if ! out=$(docker compose up -d --no-deps --force-recreate --pull never "$svc" 2>&1); then
-    printf '%s\n' "$out" >&2
-    fail "[$svc] docker compose up failed; untouched: ${rest[*]:-none}"
+  if [ -n "$surge" ]; then
+    new=$(start_one) || fail "[$(short "$old")] could not start a new container; untouched: $(short "$old") ${untouched:-}"
+    log "[$(short "$old")] new container $(short "$new") started; waiting for HAProxy UP on $version"
+    if ! why=$(wait_up "$new"); then
+      retire "$new" || true
+      fail "[$(short "$new")] $why; it was removed; deploy halted, still on the old version: $(short "$old") ${untouched:-}"
+    fi
+    [ "$(up_except "$old")" -gt 0 ] || fail "[$(short "$old")] no other server is UP in HAProxy; nothing done to $(short "$old") ${untouched:-}"
+    log "[$(short "$old")] $(short "$new") UP on $version after $(since "$t0")s; stopping the old one (it drains first)"
+    t1=$(date +%s.%N)
+    retire "$old" || fail "[$(short "$old")] docker stop failed"
+    log "[$(short "$old")] old container drained and stopped in $(since "$t1")s"
+  else
+    [ "$(up_except "$old")" -gt 0 ] || fail "[$(short "$old")] no other server is UP in HAProxy: stopping it would cut service; nothing done to $(short "$old") ${untouched:-}"
+    log "[$(short "$old")] stopping (it drains first)"
+    retire "$old" || fail "[$(short "$old")] docker stop failed"
+    log "[$(short "$old")] old container drained and stopped in $(since "$t0")s; starting its replacement"
+    new=$(start_one) || fail "[$(short "$old")] could not start a replacement; untouched: ${untouched:-none}"
+    if ! why=$(wait_up "$new"); then
+      retire "$new" || true
+      fail "[$(short "$new")] $why; it was removed; deploy halted, still on the old version: ${untouched:-none}"
+    fi
+    log "[$(short "$new")] UP on $version, $(since "$t0")s after the stop began"
   fi
-  log "[$svc] old container stopped and new one started after $(since "$t0")s; waiting for HAProxy UP on $version"
-
-  deadline=$(( $(date +%s) + timeout_s ))
-  status="?"; seen=""
-  while :; do
-    status=$(status_of "$svc")
-    if [ "$status" = UP ]; then
-      if [ -z "$version_url" ]; then break; fi
-      seen=$(version_of "$svc")
-      [ "$seen" = "$version" ] && break
-    fi
-    if [ "$(date +%s)" -ge "$deadline" ]; then
-      {
-        echo "--- last log lines of $svc:"
-        docker compose logs --no-log-prefix --tail 12 "$svc" 2>&1 || true
-        echo "---"
-      } >&2
-      fail "[$svc] not UP on $version within ${timeout_s}s (HAProxy status: $status, version answered: ${seen:-none}); deploy halted, still on the old version: ${rest[*]:-none}"
-    fi
-    sleep 0.2
-  done
-  log "[$svc] UP on $version, $(since "$t0")s after the recreate began"
 done
-log "deploy $version: done, ${#services[@]} instances in $(since "$began")s"
+log "deploy $version: done, ${#old_ids[@]} containers in $(since "$began")s"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -66,7 +67,7 @@ class ServiceConfig:
 
         return cls(
             version=env.get("SERVICE_VERSION", "v1"),
-            instance=env.get("SERVICE_INSTANCE", "app"),
+            instance=env.get("SERVICE_INSTANCE") or socket.gethostname(),
             host=env.get("SERVICE_HOST", "127.0.0.1"),
             port=integer("SERVICE_PORT", 8000),
             warmup_s=number("SERVICE_WARMUP_S", 0.0),

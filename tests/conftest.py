@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -18,8 +19,9 @@ import httpx
 import pytest
 import uvloop
 
-from deploy.loadcheck import LoadPlan, LoadResult, run_load
-from deploy.local import LocalEngine, LocalStack, pid_alive
+from agent.haproxy import ServerStat
+from deploy.check.loadcheck import LoadPlan, LoadResult, run_load
+from deploy.engines.local import LocalEngine, LocalStack, pid_alive
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -98,25 +100,34 @@ def http_ok(url: str) -> bool:
 
 
 class HAProxy:
-    """A real HAProxy 2.8 running our haproxy.cfg on free loopback ports."""
+    """A real HAProxy 2.8 running our haproxy.cfg on free loopback ports, with servers app1..appN
+    (their agents on `agent_ports`), as the local stack writes them."""
 
     def __init__(self, procs: Processes, tmp: Path, app_ports: list[int], **env: str) -> None:
         self.socket = tmp / "haproxy.sock"
         self.port = free_port()
         self.stats_port = free_port()
         self.app_ports = app_ports
+        self.agent_ports = [free_port() for _ in app_ports]
+        self.servers_cfg = tmp / "servers.cfg"
+        self.servers_cfg.write_text("backend app\n" + "".join(
+            f"    server app{i} 127.0.0.1:{port} agent-port {agent}\n"
+            for i, (port, agent) in enumerate(zip(app_ports, self.agent_ports, strict=True), 1)
+        ))
         self.env = {
             "HAPROXY_ADMIN_SOCKET": str(self.socket),
             "HAPROXY_FRONTEND_BIND": f"127.0.0.1:{self.port}",
             "HAPROXY_STATS_BIND": f"127.0.0.1:{self.stats_port}",
-            **{f"APP{i}_ADDR": f"127.0.0.1:{p}" for i, p in enumerate(app_ports, 1)},
             **env,
         }
         self.procs = procs
         self.proc = self.start()
 
     def start(self) -> subprocess.Popen[bytes]:
-        proc = self.procs.start([haproxy_binary(), "-W", "-db", "-f", str(HAPROXY_CFG)], self.env, "haproxy")
+        proc = self.procs.start(
+            [haproxy_binary(), "-W", "-db", "-f", str(HAPROXY_CFG), "-f", str(self.servers_cfg)],
+            self.env, "haproxy",
+        )
         wait_for(self.socket.exists, what="HAProxy admin socket")
         return proc
 
@@ -127,27 +138,23 @@ class HAProxy:
         self.proc = self.start()
 
     @property
-    def address(self) -> str:
-        return f"unix://{self.socket}"
+    def stats_url(self) -> str:
+        return f"http://127.0.0.1:{self.stats_port}/stats;csv"
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def command(self, line: str) -> str:
-        with socket.socket(socket.AF_UNIX) as s:
-            s.connect(str(self.socket))
-            s.sendall(line.encode() + b"\n")
-            chunks = []
-            while chunk := s.recv(65536):
-                chunks.append(chunk)
-        return b"".join(chunks).decode()
+        """A Runtime API command, as an operator would send it."""
+        from agent.haproxy import Address, RuntimeAPI
 
-    def server(self, name: str) -> dict[str, str]:
-        from agent.haproxy import parse_stat_csv
+        return asyncio.run(RuntimeAPI(Address(path=str(self.socket))).command(line))
 
-        rows = parse_stat_csv(self.command("show stat app 4 -1"))
-        return next(r for r in rows if r["svname"] == name)
+    def server(self, name: str) -> ServerStat:
+        from agent.haproxy import Address, RuntimeAPI, find_server
+
+        return find_server(asyncio.run(RuntimeAPI(Address(path=str(self.socket))).servers("app")), "app", name)
 
 
 LINE = re.compile(r"^(\S+Z) \S+ (?:event=(\S+))?(.*)$")
@@ -164,11 +171,17 @@ def event_times(log: str) -> dict[str, float]:
     return times
 
 
+def agent_args(haproxy: HAProxy, index: int = 0) -> list[str]:
+    """drain-agent's flags for haproxy's server app<index + 1>, as the local stack gives them."""
+    return [str(BIN / "drain-agent"), "--haproxy-stats", haproxy.stats_url, "--agent-bind", "127.0.0.1",
+            "--agent-port", str(haproxy.agent_ports[index]),
+            "--ready-url", f"http://127.0.0.1:{haproxy.app_ports[index]}/readyz"]
+
+
 def start_agent(procs: Processes, haproxy: HAProxy, port: int, *extra: str, env: dict[str, str] | None = None,
-                command: list[str] | None = None) -> object:
+                command: list[str] | None = None) -> subprocess.Popen[bytes]:
     return procs.start(
-        [str(BIN / "drain-agent"), "--haproxy", haproxy.address, "--server", "app1",
-         "--ready-url", f"http://127.0.0.1:{port}/readyz", *extra, "--",
+        [*agent_args(haproxy, haproxy.app_ports.index(port)), *extra, "--",
          *(command or [sys.executable, "-m", "service"])],
         {"SERVICE_PORT": str(port), "SERVICE_INSTANCE": "app1", **(env or {})},
         "agent",
@@ -185,7 +198,8 @@ def haproxy(procs: Processes, tmp_path: Path) -> HAProxy:
 def make_stack(tmp_path: Path, **options: object) -> LocalEngine:
     stack = LocalStack(
         state_dir=str(tmp_path / "stack"), port=free_port(), stats_port=free_port(),
-        app_base_port=free_port_run(4 if options.get("blue_green") else int(options.get("instances", 3))),  # type: ignore[call-overload]
+        app_base_port=free_port_run(count := 4 if options.get("blue_green") else int(options.get("instances", 3))),  # type: ignore[call-overload]
+        agent_base_port=free_port_run(count),
         **options,  # type: ignore[arg-type]
     )
     return LocalEngine(stack)
@@ -201,7 +215,7 @@ def free_port_run(count: int) -> int:
 
 
 def _in_use(port: int) -> bool:
-    from deploy.local import port_in_use
+    from deploy.engines.local import port_in_use
 
     return port_in_use(port)
 
@@ -225,7 +239,7 @@ def stack_factory(tmp_path: Path) -> Iterator[object]:
         engines.append(engine)
         engine.up()
         for instance in engine.instances():
-            from deploy.rolling import wait_ready
+            from deploy.strategies.rolling import wait_ready
 
             wait_ready(engine, instance, None, 30)
         return engine

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from deploy.loadcheck import LoadResult
+from deploy.check.loadcheck import LoadResult
 from tests.conftest import load_during as shared_load_during
 from tests.e2e.conftest import APPS, REPO, ComposeStack, DockerEvents
 

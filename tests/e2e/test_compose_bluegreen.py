@@ -21,8 +21,8 @@ import httpx
 import pytest
 
 from agent.haproxy import parse_stat_csv
-from deploy import bluegreen
-from deploy.docker import BLUEGREEN_FILE, DockerEngine, find_stack
+from deploy.engines.compose import BLUEGREEN_FILE, DockerEngine, find_stack
+from deploy.strategies import bluegreen
 from tests.e2e.conftest import REPO, ComposeStack, require_docker
 from tests.e2e.test_compose import load_during
 

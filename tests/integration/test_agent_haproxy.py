@@ -1,23 +1,48 @@
-"""drain-agent with a real HAProxy and the real service: the order of a drain, and its edges."""
+"""drain-agent with a real HAProxy and the real service: HAProxy pulls each agent's state
+(agent-check), the agent reads only HAProxy's stats; the order of a drain, and its edges."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import signal
+import socket
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import BIN, HAProxy, Processes, event_times, start_agent, wait_for
+from tests.conftest import (
+    BIN,
+    HAProxy,
+    Processes,
+    agent_args,
+    event_times,
+    load_during,
+    start_agent,
+    wait_for,
+)
+
+
+def start_plain_services(procs: Processes, haproxy: HAProxy) -> None:
+    """app2 and app3 without an agent: the rest of the pool that absorbs app1's traffic."""
+    for name, port in (("app2", haproxy.app_ports[1]), ("app3", haproxy.app_ports[2])):
+        procs.start([sys.executable, "-m", "service"], {"SERVICE_PORT": str(port), "SERVICE_INSTANCE": name}, name)
+    for name in ("app2", "app3"):
+        wait_for(lambda name=name: haproxy.server(name).status == "UP", what=f"{name} UP")  # type: ignore[misc]
+
+
+def app_pid(procs: Processes, log: str = "agent") -> int:
+    return int(re.findall(r"event=app.started .*? pid=(\d+)", procs.log(log))[-1])
 
 
 def test_haproxy_drains_before_the_app_gets_sigterm(procs: Processes, haproxy: HAProxy) -> None:
     agent = start_agent(procs, haproxy, haproxy.app_ports[0])
-    wait_for(lambda: haproxy.server("app1")["status"] == "UP", what="app1 UP")
+    wait_for(lambda: haproxy.server("app1").status == "UP", what="app1 UP")
 
     samples: list[tuple[float, str, int]] = []
     stop = threading.Event()
@@ -25,7 +50,7 @@ def test_haproxy_drains_before_the_app_gets_sigterm(procs: Processes, haproxy: H
     def poll() -> None:
         while not stop.is_set():
             row = haproxy.server("app1")
-            samples.append((time.time(), row["status"], int(row["scur"])))
+            samples.append((time.time(), row.status, row.scur))
             time.sleep(0.005)
 
     poller = threading.Thread(target=poll)
@@ -33,10 +58,10 @@ def test_haproxy_drains_before_the_app_gets_sigterm(procs: Processes, haproxy: H
     try:
         with ThreadPoolExecutor(4) as pool:
             slow = [pool.submit(httpx.get, f"{haproxy.url}/cms?delay_ms=800", timeout=10) for _ in range(4)]
-            wait_for(lambda: int(haproxy.server("app1")["scur"]) == 4, what="4 sessions on app1")
-            agent.send_signal(signal.SIGTERM)  # type: ignore[attr-defined]
+            wait_for(lambda: haproxy.server("app1").scur == 4, what="4 sessions on app1")
+            agent.send_signal(signal.SIGTERM)
             assert [f.result().status_code for f in slow] == [200] * 4
-        assert agent.wait(timeout=15) == 0  # type: ignore[attr-defined]
+        assert agent.wait(timeout=15) == 0
     finally:
         stop.set()
         poller.join()
@@ -44,27 +69,38 @@ def test_haproxy_drains_before_the_app_gets_sigterm(procs: Processes, haproxy: H
     log = procs.log("agent")
     events = event_times(log)
     signalled = events["app.signalled"]
-    # HAProxy showed DRAIN while the slow requests still held sessions...
-    assert any(status == "DRAIN" and scur > 0 and t < signalled for t, status, scur in samples)
+    # HAProxy learnt the drain from the agent (agent-check) while the slow requests still held sessions...
+    assert any(status == "DRAIN (agent)" and scur > 0 and t < signalled for t, status, scur in samples)
     # ...and every sample with a session on app1 came before the app was signalled.
     assert max(t for t, _, scur in samples if scur > 0) < signalled
-    assert events["haproxy.drain"] < events["drain.done"] <= signalled
+    assert events["signal.received"] < events["drain.done"] <= signalled
     # The app itself saw nothing in flight when its SIGTERM arrived.
     assert "event=service.draining instance=app1 in_flight=0" in log
     assert events["service.draining"] >= signalled
-    assert haproxy.server("app1")["status"] == "MAINT"
-    assert event_times(log)["agent.state"] <= events["app.ready"] + 1
+    # It names itself after the row it found by address, and holds no admin address at all.
+    assert "event=drain.done server=app/app1" in log
+    assert str(haproxy.socket) not in " ".join(agent.args)  # type: ignore[arg-type]
+
+
+def test_the_agent_port_answers_only_its_own_state(procs: Processes, haproxy: HAProxy) -> None:
+    start_agent(procs, haproxy, haproxy.app_ports[0])
+    wait_for(lambda: haproxy.server("app1").status == "UP", what="app1 UP")
+    for attempt in (b"", b"maint\n", b"set server app/app2 state maint\n", b"x" * 100_000):
+        with socket.create_connection(("127.0.0.1", haproxy.agent_ports[0]), timeout=2) as conn:
+            with contextlib.suppress(OSError):  # it may have answered and closed already
+                conn.sendall(attempt)
+            assert conn.recv(100) == b"ready\n"
+    time.sleep(0.3)
+    assert haproxy.server("app1").status == "UP"
+    assert "event=agent.state" in procs.log("agent") and "to=draining" not in procs.log("agent")
 
 
 def test_app_crash_takes_the_server_out_and_passes_the_code_on(procs: Processes, haproxy: HAProxy) -> None:
     agent = start_agent(procs, haproxy, haproxy.app_ports[0])
-    wait_for(lambda: haproxy.server("app1")["status"] == "UP", what="app1 UP")
-    app_pid = int(re.search(r"event=app.started .*? pid=(\d+)", procs.log("agent")).group(1))  # type: ignore[union-attr]
-    import os
-
-    os.kill(app_pid, signal.SIGKILL)
-    assert agent.wait(timeout=10) == 128 + signal.SIGKILL  # type: ignore[attr-defined]
-    assert haproxy.server("app1")["status"] == "MAINT"
+    wait_for(lambda: haproxy.server("app1").status == "UP", what="app1 UP")
+    os.kill(app_pid(procs), signal.SIGKILL)
+    assert agent.wait(timeout=10) == 128 + signal.SIGKILL
+    wait_for(lambda: haproxy.server("app1").status in ("DOWN", "MAINT"), timeout=3, what="app1 out")
     assert "killed by SIGKILL" in procs.log("agent")
 
 
@@ -72,52 +108,166 @@ def test_never_ready_app_stays_out_and_agent_fails(procs: Processes, haproxy: HA
     agent = start_agent(procs, haproxy, haproxy.app_ports[0], "--start-timeout", "1.5",
                         env={"SERVICE_WARMUP_S": "600"})
     seen = set()
-    while agent.poll() is None:  # type: ignore[attr-defined]
-        seen.add(haproxy.server("app1")["status"])
+    while agent.poll() is None:
+        seen.add(haproxy.server("app1").status)
         time.sleep(0.02)
-    assert agent.returncode == 3  # type: ignore[attr-defined]
-    assert seen <= {"DOWN", "MAINT"}  # never in rotation
-    assert haproxy.server("app1")["status"] == "MAINT"
+    assert agent.returncode == 3
+    assert not {s for s in seen if s.startswith("UP")}  # never in rotation
     assert "app not ready at http://127.0.0.1:" in procs.log("agent")
-    assert "within 1.5s (see --start-timeout); server left in maint" in procs.log("agent")
+    assert "within 1.5s (see --start-timeout)" in procs.log("agent")
 
 
-def test_haproxy_restart_gets_our_state_back(procs: Processes, haproxy: HAProxy) -> None:
-    start_agent(procs, haproxy, haproxy.app_ports[0], "--watch-interval", "0.2")
-    wait_for(lambda: haproxy.server("app1")["status"] == "UP", what="app1 UP")
-    haproxy.command("set server app/app1 state maint")  # what a fresh HAProxy may think
-    haproxy.restart()
-    wait_for(lambda: "event=haproxy.reasserted" in procs.log("agent"), what="re-assert")
-    wait_for(lambda: haproxy.server("app1")["status"] == "UP", what="app1 UP again")
+def test_ready_on_loopback_but_unreachable_by_haproxy_never_becomes_up(procs: Processes, haproxy: HAProxy) -> None:
+    """The agent's probe reaches the app (bound to 127.0.0.2), HAProxy's check (127.0.0.1) cannot:
+    UP comes only from HAProxy's own check, so the server never enters rotation."""
+    port = haproxy.app_ports[0]
+    args = [a.replace("127.0.0.1:", "127.0.0.2:") if a.startswith("http://127.0.0.1:" + str(port)) else a
+            for a in agent_args(haproxy)]
+    procs.start([*args, "--server", "app1", "--start-timeout", "2", "--", sys.executable, "-m", "service"],
+                {"SERVICE_PORT": str(port), "SERVICE_HOST": "127.0.0.2"}, "agent")
+    wait_for(lambda: "event=haproxy.not_up" in procs.log("agent"), timeout=10, what="haproxy.not_up")
+    log = procs.log("agent")
+    assert "event=app.ready" in log and "to=ready" in log
+    assert haproxy.server("app1").status.startswith("DOWN")
+    assert "can HAProxy reach the app" in log
 
 
-@pytest.mark.parametrize(
-    ("args", "code", "message"),
-    [
-        (["--server", "app9"], 4, "has no server app/app9 (servers there: app1, app2, app3)"),
-        (["--server", "app1", "--backend", "web"], 4, "has no server web/app1 (no such backend)"),
-    ],
-)
-def test_unknown_backend_or_server(procs: Processes, haproxy: HAProxy, args: list[str], code: int, message: str) -> None:
-    proc = procs.start([str(BIN / "drain-agent"), "--haproxy", haproxy.address, *args, "--", "true"], log="bad")
-    assert proc.wait(timeout=10) == code
-    assert message in procs.log("bad")
-    assert "app.started" not in procs.log("bad")
+def test_haproxy_reload_relearns_the_drain_from_the_agent(procs: Processes, haproxy: HAProxy) -> None:
+    """A reloaded HAProxy's new worker starts with app1 UP: it learns the drain by polling the
+    agent, and the drain ends at zero on the new worker while the old one finishes its request."""
+    agent = start_agent(procs, haproxy, haproxy.app_ports[0], "--drain-timeout", "30")
+    wait_for(lambda: haproxy.server("app1").status == "UP", what="app1 UP")
+    old_pid = haproxy.command("show info").split("\nPid: ")[1].split()[0]
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(httpx.get, f"{haproxy.url}/cms?delay_ms=2000", timeout=20)
+        wait_for(lambda: haproxy.server("app1").scur == 1, what="a session on app1")
+        agent.send_signal(signal.SIGTERM)
+        wait_for(lambda: haproxy.server("app1").status == "DRAIN (agent)", what="drain")
+        haproxy.proc.send_signal(signal.SIGUSR2)
+        reloaded = time.time()
+        wait_for(lambda: haproxy.command("show info").split("\nPid: ")[1].split()[0] != old_pid,
+                 what="the new worker")
+        # The new worker starts with app1 UP (it may route to it until its first poll of the
+        # agent, which waits for that) and learns the drain within one agent-inter (100 ms).
+        wait_for(lambda: haproxy.server("app1").status in ("DRAIN (agent)", "MAINT"), timeout=0.5,
+                 what="the drain learnt by the new worker")
+        assert slow.result().status_code == 200  # the old worker's request finished
+    assert agent.wait(timeout=15) == 0
+    events = event_times(procs.log("agent"))
+    assert reloaded < events["drain.done"] < events["service.draining"] + 0.001
 
 
-def test_unreachable_haproxy_at_start(procs: Processes, tmp_path: Path) -> None:
-    began = time.monotonic()
-    proc = procs.start([str(BIN / "drain-agent"), "--haproxy", f"unix://{tmp_path}/none.sock", "--server", "app1",
-                        "--haproxy-wait", "0.5", "--", "true"], log="bad")
-    assert proc.wait(timeout=10) == 4
-    assert time.monotonic() - began < 5
-    log = procs.log("bad")
-    assert "unreachable" in log and "waited 0.5s; see --haproxy-wait" in log
-    assert "app.started" not in log
+def test_haproxy_restarted_mid_drain_the_drain_still_ends_only_at_zero(procs: Processes, haproxy: HAProxy) -> None:
+    agent = start_agent(procs, haproxy, haproxy.app_ports[0], "--drain-timeout", "30")
+    wait_for(lambda: haproxy.server("app1").status == "UP", what="app1 UP")
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(httpx.get, f"{haproxy.url}/cms?delay_ms=1500", timeout=20)
+        wait_for(lambda: haproxy.server("app1").scur == 1, what="a session on app1")
+        agent.send_signal(signal.SIGTERM)
+        wait_for(lambda: "to=draining" in procs.log("agent"), what="draining")
+        haproxy.proc.send_signal(signal.SIGTERM)  # HAProxy gone: the stats cannot be read
+        haproxy.proc.wait(timeout=10)
+        down_at = time.time()
+        time.sleep(1.0)
+        assert agent.poll() is None, "a stats read that failed was taken as drained"
+        haproxy.socket.unlink(missing_ok=True)
+        haproxy.proc = haproxy.start()
+        with pytest.raises(httpx.HTTPError):
+            slow.result()  # lost with the HAProxy that carried it: HAProxy's own cost, not the drain's
+    assert agent.wait(timeout=15) == 0
+    log = procs.log("agent")
+    events = event_times(log)
+    assert "event=haproxy.error" in log
+    assert events["drain.done"] > down_at + 1.0
 
 
-def test_missing_and_unrunnable_commands(procs: Processes, haproxy: HAProxy, tmp_path: Path) -> None:
-    base = [str(BIN / "drain-agent"), "--haproxy", haproxy.address, "--server", "app1"]
+def test_haproxy_reload_mid_drain_under_load_fails_nothing(procs: Processes, haproxy: HAProxy) -> None:
+    start_plain_services(procs, haproxy)
+    agent = start_agent(procs, haproxy, haproxy.app_ports[0])
+    wait_for(lambda: haproxy.server("app1").status == "UP", what="app1 UP")
+
+    def drain_and_reload() -> int:
+        agent.send_signal(signal.SIGTERM)
+        wait_for(lambda: "to=draining" in procs.log("agent"), what="draining")
+        haproxy.proc.send_signal(signal.SIGUSR2)  # master-worker reload: a new worker, listeners handed over
+        return agent.wait(timeout=30)
+
+    result, code = load_during(haproxy.url, drain_and_reload, requests=8000, slow_ms=300)
+    assert code == 0
+    assert result.failed == 0, result.failures
+    assert "event=drain.done" in procs.log("agent")
+
+
+def test_kill_9_of_the_agent_leaves_no_orphan_and_fails_nothing(procs: Processes, haproxy: HAProxy) -> None:
+    """The app gets SIGTERM when its agent dies (parent-death signal), finishes what it has and
+    exits; a new agent waits until the old app has let go of the port before starting its own."""
+    start_plain_services(procs, haproxy)
+    first = start_agent(procs, haproxy, haproxy.app_ports[0])
+    wait_for(lambda: haproxy.server("app1").status == "UP", what="app1 UP")
+    orphan = app_pid(procs)
+
+    def kill_and_replace() -> float:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=5)
+        began = time.monotonic()
+        start_agent(procs, haproxy, haproxy.app_ports[0])  # what supervisor or Docker's restart does
+        wait_for(lambda: not os.path.exists(f"/proc/{orphan}"), timeout=10, what="the old app gone")
+        wait_for(lambda: haproxy.server("app1").status == "UP", timeout=10, what="app1 UP again")
+        return time.monotonic() - began
+
+    result, back_s = load_during(haproxy.url, kill_and_replace, requests=8000)
+    assert result.failed == 0, result.failures
+    assert isinstance(back_s, float) and back_s < 10
+    log = procs.log("agent")
+    assert app_pid(procs) != orphan
+    started = [m.start() for m in re.finditer("event=app.started", log)]
+    assert len(started) == 2
+    print(f"\nkill -9 of the agent: serving again after {back_s:.2f}s; {result.total} requests, 0 failed")
+
+
+def test_sigterm_while_starting_stops_at_once(procs: Processes, haproxy: HAProxy) -> None:
+    """PID 1 ignores signals it has no handler for: the agent handles them before the app exists."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", haproxy.app_ports[0]))
+    holder.listen(8)  # an "older app" still on the port: the agent waits before starting its own
+    try:
+        agent = start_agent(procs, haproxy, haproxy.app_ports[0])
+        wait_for(lambda: "event=app.port_busy" in procs.log("agent"), what="waiting for the port")
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(timeout=5) == 0
+    finally:
+        holder.close()
+    assert "event=app.started" not in procs.log("agent")
+
+
+def test_bad_configuration_is_one_line_and_exit_2(procs: Processes, haproxy: HAProxy) -> None:
+    base = [str(BIN / "drain-agent")]
+    cases = [
+        ([*base, "--", "true"], {}, "no HAProxy stats URL"),
+        ([*base, "--haproxy-stats", "tcp://x:1", "--", "true"], {}, "expected http://host:port/stats;csv"),
+        ([*base, "--haproxy-stats", haproxy.stats_url, "--", "true"],
+         {"DRAIN_AGENT_HAPROXY": "tcp://haproxy:9999"}, "agents no longer use HAProxy's Runtime API"),
+        ([*base, "--haproxy-stats", haproxy.stats_url, "--agent-port", "70000", "--", "true"], {}, "not a TCP port"),
+    ]
+    for index, (args, env, message) in enumerate(cases):
+        proc = procs.start(args, env, log=f"bad{index}")
+        assert proc.wait(timeout=10) == 2
+        assert message in procs.log(f"bad{index}")
+        assert "app.started" not in procs.log(f"bad{index}")
+
+
+def test_agent_port_taken_is_a_clear_error(procs: Processes, haproxy: HAProxy) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", haproxy.agent_ports[0]))
+        taken.listen(1)
+        proc = start_agent(procs, haproxy, haproxy.app_ports[0])
+        assert proc.wait(timeout=10) == 1
+    assert f"cannot listen on 127.0.0.1:{haproxy.agent_ports[0]} (--agent-port)" in procs.log("agent")
+    assert "event=app.started" not in procs.log("agent")
+
+
+def test_missing_and_unrunnable_commands(procs: Processes, haproxy: HAProxy, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    base = agent_args(haproxy)
     assert procs.start([*base, "--"], log="none").wait(timeout=10) == 2
     assert "no app command" in procs.log("none")
     assert procs.start([*base, "--", "no-such-command-xyz"], log="nf").wait(timeout=10) == 127
@@ -132,11 +282,11 @@ def test_agent_metrics(procs: Processes, haproxy: HAProxy) -> None:
 
     metrics_port = free_port()
     start_agent(procs, haproxy, haproxy.app_ports[0], "--metrics-port", str(metrics_port))
-    wait_for(lambda: haproxy.server("app1")["status"] == "UP", what="app1 UP")
+    wait_for(lambda: haproxy.server("app1").status == "UP", what="app1 UP")
     text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
     assert 'drain_agent_state{drain_agent_state="ready"} 1.0' in text
     ready_s = float(next(line.split()[1] for line in text.splitlines()
                          if line.startswith("drain_agent_time_to_ready_seconds ")))
     assert 0 < ready_s < 10
-    assert "drain_agent_haproxy_api_errors_total 0.0" in text
+    assert "drain_agent_haproxy_stats_errors_total 0.0" in text
     assert "drain_agent_drain_seconds_count 0.0" in text

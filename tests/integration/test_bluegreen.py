@@ -7,10 +7,10 @@ import time
 import httpx
 import pytest
 
-from deploy import bluegreen
+from deploy.check.loadcheck import check_ledgers
 from deploy.errors import RolloutError
-from deploy.loadcheck import check_ledgers
-from deploy.rolling import read_servers, rolling_restart
+from deploy.strategies import bluegreen
+from deploy.strategies.rolling import read_servers, rolling_restart
 from tests.conftest import load_during, wait_for
 
 
@@ -51,7 +51,7 @@ def test_switch_and_rollback_under_load_lose_nothing(pools) -> None:  # type: ig
     assert served[0] == "v1" and "v2" in served and served[-1] == "v1"
     assert [s.old for s in switches] == ["blue", "green"]
     assert all(s.drained_s < 5 for s in switches)  # the old pool reached 0 sessions
-    assert sum(s.busy for s in read_servers(engine, "green").values()) == 0
+    assert sum(s.busy for s in read_servers(engine, "green")) == 0
     assert bluegreen.active_color(engine) == bluegreen.file_color(engine) == "blue"
 
 
@@ -81,7 +81,7 @@ def test_a_switch_survives_a_haproxy_restart(pools) -> None:  # type: ignore[no-
     engine.supervisor("startProcess", "haproxy")
     wait_for(lambda: _answers(engine), what="HAProxy back")
     assert bluegreen.active_color(engine) == "green"
-    wait_for(lambda: {s.status for s in read_servers(engine, "green").values()} == {"UP"}, what="green UP")
+    wait_for(lambda: {s.status for s in read_servers(engine, "green")} == {"UP"}, what="green UP")
     instances = {httpx.get(f"{engine.frontend_url()}/cms").json()["instance"] for _ in range(6)}
     assert instances == {"green1", "green2"}
 

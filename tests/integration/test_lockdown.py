@@ -22,7 +22,7 @@ def guarded(procs: Processes, tmp_path: Path) -> HAProxy:
                       HAPROXY_HTTP_REQUEST_TIMEOUT="1s")
     procs.start([sys.executable, "-m", "service"],
                 {"SERVICE_PORT": str(haproxy.app_ports[0]), "SERVICE_MAX_BODY_BYTES": "1000"}, "app1")
-    wait_for(lambda: haproxy.server("app1")["status"] == "UP", what="app1 UP")
+    wait_for(lambda: haproxy.server("app1").status == "UP", what="app1 UP")
     return haproxy
 
 
@@ -46,7 +46,7 @@ def test_frontend_cannot_reach_the_runtime_api(guarded: HAProxy) -> None:
     stats = httpx.post(f"http://127.0.0.1:{guarded.stats_port}/stats",
                        data={"s": "app1", "action": "maint", "b": "#3"})
     assert stats.status_code in (200, 303, 403)
-    assert guarded.server("app1")["status"] == "UP"  # nobody changed it
+    assert guarded.server("app1").status == "UP"  # nobody changed it
     assert stat.S_IMODE(os.stat(guarded.socket).st_mode) == 0o600  # owner-only admin socket
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from deploy.loadcheck import LoadResult, check_ledgers
-from deploy.local import LocalEngine
-from deploy.rolling import Event, RestartResult, read_servers, rolling_restart
+from deploy.check.loadcheck import LoadResult, check_ledgers
+from deploy.engines.local import LocalEngine
+from deploy.strategies.rolling import Event, RestartResult, read_servers, rolling_restart
 from tests.conftest import BIN, load_during, make_stack, shut_down
 
 
@@ -40,7 +40,7 @@ def test_rolling_restart_under_load_loses_nothing(stack_factory) -> None:  # typ
     assert ledger.answered == result.kinds["post"] > 1000
     assert ledger.processed_once == ledger.answered and ledger.ok
     assert [engine.version_of(i) for i in engine.instances()] == ["v2", "v2", "v2"]
-    assert {s.status for s in read_servers(engine).values()} == {"UP"}
+    assert {s.status for s in read_servers(engine)} == {"UP"}
 
 
 def test_negative_control_same_harness_without_agent_or_retries_fails(stack_factory) -> None:  # type: ignore[no-untyped-def]

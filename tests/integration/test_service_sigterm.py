@@ -15,7 +15,7 @@ from tests.conftest import Processes, free_port, http_ok, wait_for
 def test_sigterm_finishes_in_flight_refuses_new_and_exits_0(procs: Processes) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    app = procs.start([sys.executable, "-m", "service"], {"SERVICE_PORT": str(port)}, "service")
+    app = procs.start([sys.executable, "-m", "service"], {"SERVICE_PORT": str(port), "SERVICE_INSTANCE": "app"}, "service")
     wait_for(lambda: http_ok(f"{base}/readyz"), what="service ready")
 
     with ThreadPoolExecutor(8) as pool, httpx.Client(timeout=10) as client:
@@ -42,7 +42,7 @@ def test_sigterm_finishes_in_flight_refuses_new_and_exits_0(procs: Processes) ->
 def test_second_sigterm_forces_the_exit(procs: Processes) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    app = procs.start([sys.executable, "-m", "service"], {"SERVICE_PORT": str(port)}, "service")
+    app = procs.start([sys.executable, "-m", "service"], {"SERVICE_PORT": str(port), "SERVICE_INSTANCE": "app"}, "service")
     wait_for(lambda: http_ok(f"{base}/readyz"), what="service ready")
     with ThreadPoolExecutor(1) as pool:
         slow = pool.submit(httpx.get, f"{base}/cms?delay_ms=30000", timeout=40)
@@ -51,6 +51,6 @@ def test_second_sigterm_forces_the_exit(procs: Processes) -> None:
         app.send_signal(signal.SIGTERM)
         wait_for(lambda: httpx.get(f"{base}/readyz").status_code == 503, what="draining")
         app.send_signal(signal.SIGTERM)
-        assert app.wait(timeout=5) is not None  # did not wait 30 s for the slow request
+        assert app.wait(timeout=5) == 0  # did not wait 30 s for the slow request
         with contextlib.suppress(httpx.HTTPError):
             slow.result()

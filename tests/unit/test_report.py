@@ -6,9 +6,9 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from deploy.loadcheck import LedgerCheck, LoadPlan, LoadResult, Second
-from deploy.report import summary, write_report
-from deploy.rolling import Event, RestartResult
+from deploy.check.loadcheck import LedgerCheck, LoadPlan, LoadResult, Second
+from deploy.check.report import summary, write_report
+from deploy.strategies.rolling import Event, RestartResult
 
 
 def sample() -> tuple[LoadResult, RestartResult]:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from deploy.strict_http import RequestFailed, Response, StrictClient
+from deploy.check.strict_http import RequestFailed, Response, StrictClient
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -14,27 +14,13 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
-from deploy.engine import Engine
+from deploy.engines.base import Engine
 from deploy.errors import RolloutError
-from deploy.rolling import Event, read_servers, rolling_restart
+from deploy.strategies.rolling import Event, read_servers, rolling_restart
 
 COLORS = ("blue", "green")
 MAP_KEY = "active"
-
-
-class BlueGreenEngine(Engine, Protocol):
-    @property
-    def color_map(self) -> Path:
-        """The map file as rollout writes it (on this machine)."""
-
-    @property
-    def color_map_ref(self) -> str:
-        """The map as HAProxy names it (its path inside HAProxy's container, if any)."""
-
-    def haproxy_command(self, line: str) -> str:
-        """One Runtime API command on every HAProxy of the stack; their answers."""
 
 
 @dataclass
@@ -54,7 +40,7 @@ def check_color(color: str) -> str:
     return color
 
 
-def file_color(engine: BlueGreenEngine) -> str:
+def file_color(engine: Engine) -> str:
     for line in engine.color_map.read_text().splitlines():
         key, _, value = line.partition(" ")
         if key == MAP_KEY and value.strip() in COLORS:
@@ -62,7 +48,7 @@ def file_color(engine: BlueGreenEngine) -> str:
     raise RolloutError(f"{engine.color_map} has no '{MAP_KEY} blue|green' line")
 
 
-def active_color(engine: BlueGreenEngine) -> str:
+def active_color(engine: Engine) -> str:
     """What HAProxy uses now (`show map`), which a restart would replace by the file's."""
     reply = engine.haproxy_command(f"show map {engine.color_map_ref}")
     for line in reply.splitlines():
@@ -92,13 +78,16 @@ def write_map(path: Path, color: str) -> None:
 
 
 def switch(
-    engine: BlueGreenEngine, color: str, say: Callable[[str], None], drain_timeout_s: float = 60.0
+    engine: Engine, color: str, say: Callable[[str], None], drain_timeout_s: float = 60.0
 ) -> SwitchResult:
     check_color(color)
-    servers = read_servers(engine, color)
-    not_up = {name: stat.status for name, stat in servers.items() if stat.status != "UP"}
-    if not servers or not_up:
-        detail = ", ".join(f"{name} ({status})" for name, status in not_up.items()) or "no servers"
+    pool = {i.address for i in engine.instances() if i.backend == color}
+    servers = [stat for stat in read_servers(engine, color) if stat.addr in pool]
+    not_up = {stat.server: stat.status for stat in servers if stat.status != "UP"}
+    missing = pool - {stat.addr for stat in servers}
+    if missing or not servers or not_up:
+        detail = ", ".join([f"{name} ({status})" for name, status in not_up.items()]
+                           + [f"{addr} (not in HAProxy)" for addr in sorted(missing)]) or "no servers"
         raise RolloutError(f"refusing to switch to {color}: not UP and ready: {detail}")
     old = active_color(engine)
     if old == color:
@@ -120,7 +109,7 @@ def switch(
     deadline = switched + drain_timeout_s
     last_report = 0.0
     while True:
-        busy = sum(stat.busy for stat in read_servers(engine, old).values())
+        busy = sum(stat.busy for stat in read_servers(engine, old))
         now = time.monotonic()
         if busy == 0:
             break
@@ -137,7 +126,7 @@ def switch(
 
 
 def release(
-    engine: BlueGreenEngine,
+    engine: Engine,
     version: str,
     env: Mapping[str, str],
     timeout_s: float,
@@ -148,7 +137,7 @@ def release(
     idle = other(active_color(engine))
     say(f"releasing {version} to {idle}")
     pool = [i for i in engine.instances() if i.backend == idle]
-    result = rolling_restart(engine, version, env, timeout_s, report, pool)
+    result = rolling_restart(engine, version, env, timeout_s, report, pool, guard=False)
     if result.error:
         raise RolloutError(f"{result.error}\nno switch: traffic stays on {other(idle)}")
     return switch(engine, idle, say)

@@ -1,18 +1,21 @@
-"""The compose engine: the same `rollout` commands over docker-compose.yml (HAProxy + app1..app3)
-or, for blue/green, docker-compose.bluegreen.yml (HAProxy + blue1 blue2 green1 green2).
+"""The compose engine: the same `rollout` commands over docker-compose.yml (HAProxy + the scaled
+service `app`) or, for blue/green, docker-compose.bluegreen.yml (HAProxy + services blue, green).
 
-Docker restarts a container exactly as supervisor does a program: SIGTERM to PID 1 (here
-drain-agent), wait `stop_grace_period`, SIGKILL. A restart is `docker compose up -d --no-deps
---force-recreate appN` with SERVICE_VERSION (and any extra variables) in compose's
-environment: the compose file tags the image and sets the app's version from it, so the
-new container is the new release. Ports are read back from docker (`compose port`), so a
-stack started with other ZDH_PORT / ZDH_STATS_PORT values is still found.
+An instance is a container; HAProxy knows it by its address (server-template slots filled by
+Docker's DNS), as its agent does. Docker stops a container exactly as supervisor does a
+program: SIGTERM to PID 1 (here drain-agent), wait `stop_grace_period`, SIGKILL. A restart
+replaces the container, as deploy/deploy.sh --stop-first does: `docker stop` and `docker rm`,
+then `docker compose up -d --no-deps --no-recreate --scale app=N app` with SERVICE_VERSION
+(and any extra variables) in compose's environment: the compose file tags the image and sets
+the app's version from it, so the new container is the new release. Ports are read back from
+docker (`compose port`), so a stack started with other ZDH_PORT / ZDH_STATS_PORT values is
+still found.
 
 Blue/green: each pool takes its version from its own variable (BLUE_VERSION, GREEN_VERSION),
 so recreating one pool never touches the other. The map file is a host file in a directory
 bind-mounted (read-only) into HAProxy; a switch's `set map` reaches HAProxy's Runtime API,
-which is never published, through `docker compose exec haproxy` and bash's /dev/tcp (the
-image has no socat).
+which listens on the HAProxy container's own loopback, through `docker compose exec haproxy`
+and bash's /dev/tcp (the image has no socat).
 """
 
 from __future__ import annotations
@@ -25,21 +28,20 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from deploy import bluegreen
-from deploy.engine import Instance
+from deploy.engines.base import BACKEND, Instance
 from deploy.errors import RolloutError
+from deploy.strategies import bluegreen
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 BLUEGREEN_FILE = REPO_ROOT / "docker-compose.bluegreen.yml"
-SERVICES = ("app1", "app2", "app3")
-POOL_SERVICES = tuple(f"{color}{i}" for color in bluegreen.COLORS for i in (1, 2))
-POOL_BUILDER = {color: f"{color}1" for color in bluegreen.COLORS}  # the pool's service with build:
+SERVICE = "app"
+APP_PORT = 8000  # inside each app container
 FRONTEND_PORT = 8785  # inside the haproxy container; published as ${ZDH_PORT:-8785}
 STATS_PORT = 8404  # published as 127.0.0.1:${ZDH_STATS_PORT:-8404}
 UP_TIMEOUT_S = 600.0  # a cold build downloads the dependencies
-# --force-recreate waits for the old container: stop_grace_period (60 s) and then some.
-RECREATE_TIMEOUT_S = 120.0
+STOP_GRACE_S = 60.0  # as the compose file's stop_grace_period: > drain 20 s + app stop 25 s
+RECREATE_TIMEOUT_S = STOP_GRACE_S + 60
 QUICK_TIMEOUT_S = 15.0
 VERSION_SCRIPT = """
 import json, os, urllib.request as u
@@ -54,18 +56,12 @@ RUNTIME_API_SCRIPT = 'exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1; printf "%s\\n" 
 class DockerEngine:
     name = "docker"
 
-    def __init__(
-        self,
-        compose_file: Path | None = None,
-        project: str | None = None,
-        env: Mapping[str, str] | None = None,
-        blue_green: bool = False,
-    ) -> None:
-        """`blue_green`: the two-pool stack; its compose file is then docker-compose.bluegreen.yml."""
+    def __init__(self, env: Mapping[str, str] | None = None, blue_green: bool = False) -> None:
+        """`blue_green`: the two-pool stack; its compose file is then docker-compose.bluegreen.yml.
+        The compose project is compose's own choice (COMPOSE_PROJECT_NAME in `env`, or the directory)."""
         self.blue_green = blue_green
-        self.compose_file = (compose_file or (BLUEGREEN_FILE if blue_green else COMPOSE_FILE)).resolve()
+        self.compose_file = (BLUEGREEN_FILE if blue_green else COMPOSE_FILE).resolve()
         self.root = self.compose_file.parent
-        self.project = project
         self.env = {**os.environ, **(env or {})}
         self._addresses: dict[int, str] = {}
         self._built: set[tuple[str, str]] = set()
@@ -77,8 +73,6 @@ class DockerEngine:
         self, *args: str, env: Mapping[str, str] | None = None, timeout_s: float = QUICK_TIMEOUT_S
     ) -> subprocess.CompletedProcess[str]:
         command = ["docker", "compose", "-f", str(self.compose_file)]
-        if self.project:
-            command += ["-p", self.project]
         try:
             return subprocess.run(
                 [*command, *args], capture_output=True, text=True, check=False,
@@ -102,10 +96,29 @@ class DockerEngine:
 
     # -- Engine --------------------------------------------------------------------------
 
+    def services(self) -> tuple[str, ...]:
+        return bluegreen.COLORS if self.blue_green else (SERVICE,)
+
     def instances(self) -> list[Instance]:
-        if self.blue_green:
-            return [Instance(name, name, name.rstrip("0123456789")) for name in POOL_SERVICES]
-        return [Instance(name, name) for name in SERVICES]
+        """Every running container of the app service(s), oldest first."""
+        found = []
+        for service in self.services():
+            ids = self.run("ps", "-q", service).split()
+            found += [(created, Instance(name, address, service if self.blue_green else BACKEND))
+                      for created, name, address in self.inspect(ids)]
+        return [instance for _, instance in sorted(found, key=lambda item: item[0])]
+
+    def inspect(self, ids: list[str]) -> list[tuple[str, str, str]]:
+        """(created, name, ip:port) of each container."""
+        if not ids:
+            return []
+        template = "{{.Created}} {{.Name}} {{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}"
+        result = docker("inspect", "--format", template, *ids)
+        rows = []
+        for line in result.splitlines():
+            created, name, *addresses = line.split()
+            rows.append((created, name.lstrip("/"), f"{addresses[0] if addresses else '?'}:{APP_PORT}"))
+        return rows
 
     def is_up(self) -> bool:
         try:
@@ -119,16 +132,16 @@ class DockerEngine:
             raise RolloutError(f"a compose stack from {self.compose_file} is already running; "
                                "`rollout --engine docker down` first")
         if not self.blue_green:
-            self.run("up", "-d", "--wait", "--build", "--pull", "never", timeout_s=UP_TIMEOUT_S)
+            self.run("up", "-d", "--wait", "--build", timeout_s=UP_TIMEOUT_S)
             self._addresses.clear()
             return
         self.ensure_color_map()
-        # One build per distinct image tag (compose would build blue1 and green1 in parallel,
+        # One build per distinct image tag (compose would build blue and green in parallel,
         # twice the work when both pools are on the same version).
         services = self.config().get("services", {})
-        builders = {str(services[s].get("image")): s for s in reversed(POOL_BUILDER.values())}
+        builders = {str(services[s].get("image")): s for s in reversed(bluegreen.COLORS)}
         self.run("build", *sorted(builders.values()), timeout_s=UP_TIMEOUT_S)
-        self.run("up", "-d", "--wait", "--pull", "never", timeout_s=UP_TIMEOUT_S)
+        self.run("up", "-d", "--wait", timeout_s=UP_TIMEOUT_S)
         self._addresses.clear()
 
     def down(self) -> None:
@@ -156,40 +169,51 @@ class DockerEngine:
     def frontend_url(self) -> str:
         return f"http://{self.published(FRONTEND_PORT)}"
 
-    def restart(self, instance: Instance, version: str | None, env: Mapping[str, str]) -> None:
+    def prepare(self, version: str | None, env: Mapping[str, str]) -> None:
+        """The new version's image, built (cached) before any container stops: the compose
+        file tags the image with the version."""
         self.check_passed_through(env)
-        variable = self.version_variable(instance)
+        for service in self.services():
+            variable = self.version_variable(service)
+            new_version = version or self.env.get(variable) or "v1"
+            if (variable, new_version) not in self._built:
+                self.run("build", service, env={**env, variable: new_version}, timeout_s=UP_TIMEOUT_S)
+                self._built.add((variable, new_version))
+
+    def restart(self, instance: Instance, version: str | None, env: Mapping[str, str]) -> Instance:
+        service = instance.backend if self.blue_green else SERVICE
+        variable = self.version_variable(service)
         new_version = version or self.configured_version(instance) or self.env.get(variable) or "v1"
-        compose_env = {**env, variable: new_version}
-        if (variable, new_version) not in self._built:
-            # The compose file tags the image with the version: build it (cached) before use.
-            # Blue/green: only this pool's builder, so the other pool's tag stays as it is.
-            builder = (POOL_BUILDER[instance.backend],) if self.blue_green else ()
-            self.run("build", *builder, env=compose_env, timeout_s=UP_TIMEOUT_S)
-            self._built.add((variable, new_version))
-        self.run("up", "-d", "--no-deps", "--force-recreate", "--pull", "never", instance.name,
-                 env=compose_env, timeout_s=RECREATE_TIMEOUT_S)
+        self.prepare(new_version, env)
+        docker("stop", "--time", str(int(STOP_GRACE_S)), instance.name, timeout_s=RECREATE_TIMEOUT_S)
+        docker("rm", instance.name)
+        before = set(self.run("ps", "-q", service).split())
+        self.run("up", "-d", "--no-deps", "--no-recreate", "--scale", f"{service}={len(before) + 1}",
+                 service, env={**env, variable: new_version}, timeout_s=RECREATE_TIMEOUT_S)
+        new = [i for i in self.run("ps", "-q", service).split() if i not in before]
+        if not new:
+            raise RolloutError(f"[{instance.name}] no new container of {service} after scaling up")
+        _, name, address = self.inspect(new[:1])[0]
+        return Instance(name, address, instance.backend)
 
     def version_of(self, instance: Instance) -> str | None:
         try:
-            result = self.compose("exec", "-T", instance.name, "python", "-c", VERSION_SCRIPT,
-                                  timeout_s=5.0)
+            answer = docker("exec", instance.name, "python", "-c", VERSION_SCRIPT, timeout_s=5.0)
         except RolloutError:
             return None
-        answer = result.stdout.strip()
-        return answer if result.returncode == 0 and answer else None
+        return answer.strip() or None
 
     def ledgers(self) -> list[Path]:
         return []  # the containers' files are not ours to read; strict_http still counts every request
 
     def log_tail(self, instance: Instance, lines: int = 20) -> str:
         try:
-            result = self.compose("logs", "--no-log-prefix", "--tail", str(lines), instance.name)
+            return docker("logs", "--tail", str(lines), instance.name, merge=True).rstrip() \
+                or f"(no logs for {instance.name})"
         except RolloutError as exc:
             return f"(no logs: {exc})"
-        return (result.stdout + result.stderr).rstrip() or f"(no logs for {instance.name})"
 
-    # -- blue/green (deploy.bluegreen.BlueGreenEngine) ------------------------------------
+    # -- blue/green (the Engine members deploy.strategies.bluegreen uses) ---------------------
 
     @property
     def color_map(self) -> Path:
@@ -258,14 +282,14 @@ class DockerEngine:
         environment = self.config().get("services", {}).get("haproxy", {}).get("environment")
         return dict(environment) if isinstance(environment, dict) else {}
 
-    def version_variable(self, instance: Instance) -> str:
-        """The compose variable that sets the instance's image tag and version."""
-        return f"{instance.backend.upper()}_VERSION" if self.blue_green else "SERVICE_VERSION"
+    def version_variable(self, service: str) -> str:
+        """The compose variable that sets a service's image tag and version."""
+        return f"{service.upper()}_VERSION" if self.blue_green else "SERVICE_VERSION"
 
     def has_containers(self) -> bool:
-        """Whether this file's instances have containers (in any state) in the project."""
+        """Whether this file's services have containers (in any state) in the project."""
         try:
-            result = self.compose("ps", "-a", "-q", *(i.name for i in self.instances()))
+            result = self.compose("ps", "-a", "-q", *self.services())
         except RolloutError:
             return False
         return result.returncode == 0 and bool(result.stdout.strip())
@@ -273,18 +297,10 @@ class DockerEngine:
     def configured_version(self, instance: Instance) -> str | None:
         """SERVICE_VERSION the instance's container was created with (None if it has none)."""
         try:
-            ids = self.run("ps", "-q", instance.name).split()
+            env = docker("inspect", "--format", "{{json .Config.Env}}", instance.name)
         except RolloutError:
             return None
-        if not ids:
-            return None
-        result = subprocess.run(
-            ["docker", "inspect", "--format", "{{json .Config.Env}}", ids[0]],
-            capture_output=True, text=True, check=False, timeout=QUICK_TIMEOUT_S,
-        )
-        if result.returncode != 0:
-            return None
-        for item in json.loads(result.stdout or "[]"):
+        for item in json.loads(env or "[]"):
             key, _, value = str(item).partition("=")
             if key == "SERVICE_VERSION":
                 return value or None
@@ -298,7 +314,7 @@ class DockerEngine:
             raise RolloutError(
                 f"--env {', '.join(missing)}: {self.compose_file.name} does not pass "
                 f"{'it' if len(missing) == 1 else 'them'} to the containers; add "
-                f"`{missing[0]}: ${{{missing[0]}:-default}}` under x-app-env there"
+                f"`{missing[0]}: ${{{missing[0]}:-default}}` to the app's environment there"
             )
 
 
@@ -318,6 +334,20 @@ def find_stack(env: Mapping[str, str]) -> DockerEngine:
                 f"with COMPOSE_FILE={BLUEGREEN_FILE.name} (or {COMPOSE_FILE.name})", exit_code=2)
         return blue_green
     return rolling
+
+
+def docker(*args: str, timeout_s: float = QUICK_TIMEOUT_S, merge: bool = False) -> str:
+    """A plain docker command that must succeed (`merge`: stderr too, as `docker logs` writes both)."""
+    try:
+        result = subprocess.run(["docker", *args], capture_output=True, text=True, check=False,
+                                timeout=timeout_s)
+    except FileNotFoundError:
+        raise RolloutError("no `docker` command on PATH") from None
+    except subprocess.TimeoutExpired:
+        raise RolloutError(f"`docker {args[0]}` did not finish within {timeout_s:g}s") from None
+    if result.returncode != 0:
+        raise RolloutError(f"`docker {' '.join(args[:2])}` failed: {last_line(result.stderr)}")
+    return result.stdout + (result.stderr if merge else "")
 
 
 def last_line(text: str) -> str:

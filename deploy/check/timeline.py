@@ -1,7 +1,7 @@
 """The instances' own timeline, read back from drain-agent's log lines.
 
 rollout sees a restart from outside (asked, stopped, ready); the agents log each step
-as it happens inside (drain set, drained, app signalled, app exited, ready, UP). Their
+as it happens inside (stop signal and drain, drained, app exited, started, UP). Their
 lines carry UTC timestamps, so a deploy report can mark exactly when each happened.
 """
 
@@ -10,13 +10,13 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
-from deploy.engine import Engine
-from deploy.rolling import Event
+from deploy.engines.base import Engine
+from deploy.strategies.rolling import Event
 
 LINE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z drain-agent\[\d+\] event=(\S+)(.*)$")
 # agent event -> the name on the timeline
 MARKED = {
-    "haproxy.drain": "drain",
+    "signal.received": "drain",
     "drain.done": "drained",
     "drain.timeout": "drain-timeout",
     "app.exited": "stopped",

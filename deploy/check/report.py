@@ -7,8 +7,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from deploy.loadcheck import LedgerCheck, LoadPlan, LoadResult, Second, percentile
-from deploy.rolling import Event, RestartResult
+from deploy.check.loadcheck import LedgerCheck, LoadPlan, LoadResult, Second, percentile
+from deploy.strategies.rolling import Event, RestartResult
 
 
 def summary(

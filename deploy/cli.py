@@ -1,0 +1,354 @@
+"""`rollout`: bring the stack up and down, show it, restart it one instance at a time, check it under load."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from deploy.check.loadcheck import LoadPlan, LoadResult, check_ledgers, run_load
+from deploy.check.report import summary, write_report
+from deploy.check.timeline import instance_timeline
+from deploy.engines.base import Engine
+from deploy.engines.compose import DockerEngine, find_stack
+from deploy.engines.local import LocalEngine, LocalStack
+from deploy.errors import RolloutError
+from deploy.strategies import bluegreen
+from deploy.strategies.rolling import (
+    Event,
+    RestartResult,
+    read_servers,
+    rolling_restart,
+    row_of,
+    wait_ready,
+)
+
+RESTART_TIMEOUT_S = 90.0
+
+
+def say(message: str) -> None:
+    """Progress goes to stderr; results to stdout."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def env_default(name: str, default: str) -> str:
+    return os.environ.get(f"ROLLOUT_{name}", default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rollout",
+        description="Deploy a service behind HAProxy by plain restarts, with zero failed requests.",
+    )
+    parser.add_argument("--engine", choices=["local", "docker"], default=env_default("ENGINE", "local"),
+                        help="local: processes under supervisor (default); docker: the "
+                             "docker-compose.yml stack (env ROLLOUT_ENGINE)")
+    parser.add_argument("--state-dir", default=env_default("STATE_DIR", ".rollout"),
+                        help="where the local stack keeps its files (default .rollout; env "
+                             "ROLLOUT_STATE_DIR)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="start HAProxy and the instances; wait until all are UP")
+    up.add_argument("--detach", "-d", action="store_true",
+                    help="return once up (default: stay in the foreground, Ctrl-C stops)")
+    up.add_argument("--port", type=int, default=int(env_default("PORT", "8785")),
+                    help="frontend port (default 8785)")
+    up.add_argument("--stats-port", type=int, default=int(env_default("STATS_PORT", "8404")),
+                    help="HAProxy stats and metrics port, loopback only (default 8404)")
+    up.add_argument("--app-base-port", type=int, default=int(env_default("APP_BASE_PORT", "8001")),
+                    help="app1 listens here, app2 on the next port... (default 8001)")
+    up.add_argument("--version", default="v1", help="version the instances start with (default v1)")
+    up.add_argument("--agent-base-port", type=int, default=int(env_default("AGENT_BASE_PORT", "9201")),
+                    help="app1's drain-agent answers HAProxy's agent-check here, app2's on the "
+                         "next port... (default 9201)")
+    up.add_argument("--instances", type=int, default=3, help="number of instances, 2..64 (default 3)")
+    up.add_argument("--blue-green", action="store_true",
+                    help="two pools, blue1-2 and green1-2, behind a map switch (blue active)")
+    up.add_argument("--no-agent", action="store_true",
+                    help="run the app without drain-agent (only to reproduce the usual ways)")
+    up.add_argument("--retry-on", default="conn-failure empty-response 503",
+                    help="HAProxy retry-on (default 'conn-failure empty-response 503')")
+    up.add_argument("--retries", type=int, default=3, help="HAProxy retries (default 3)")
+
+    sub.add_parser("down", help="stop everything (instances drain first)")
+    sub.add_parser("status", help="table of servers: HAProxy state, sessions, version")
+
+    restart = sub.add_parser("restart", help="rolling restart, one instance at a time")
+    add_restart_options(restart)
+
+    switch = sub.add_parser("switch", help="blue/green: move all traffic to the other pool")
+    switch.add_argument("color", help="blue or green")
+    switch.add_argument("--drain-timeout", type=float, default=60.0,
+                        help="max wait for the old pool's sessions to end (default 60 s)")
+
+    release = sub.add_parser("release", help="blue/green: deploy to the idle pool, then switch to it")
+    add_restart_options(release)
+
+    check = sub.add_parser("check", help="load the frontend, optionally restarting in the middle")
+    group = check.add_mutually_exclusive_group()
+    group.add_argument("--requests", "-n", type=int, help="number of requests (default 20000)")
+    group.add_argument("--duration", "-z", type=float, help="or run this many seconds")
+    check.add_argument("--concurrency", "-c", type=int, default=100, help="default 100")
+    check.add_argument("--post-share", type=float, default=0.2, help="share of POSTs (default 0.2)")
+    check.add_argument("--slow-share", type=float, default=0.1,
+                       help="share of slow GETs (default 0.1)")
+    check.add_argument("--slow-ms", type=int, default=200, help="delay of slow GETs (default 200)")
+    check.add_argument("--timeout", type=float, default=30.0, help="per request (default 30 s)")
+    check.add_argument("--url", help="target (default: the stack's frontend /cms)")
+    check.add_argument("--report", metavar="DIR",
+                       help="write report.json, report.md and timeline.png there")
+    check.add_argument("--restart", action="store_true",
+                       help="run a rolling restart while the load runs")
+    check.add_argument("--restart-after", type=float, default=2.0,
+                       help="seconds of load before the restart begins (default 2)")
+    add_restart_options(check)
+    return parser
+
+
+def add_restart_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--version", help="new version (default: keep each instance's version)")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra environment for the new instances (repeatable)")
+    parser.add_argument("--restart-timeout", type=float, default=RESTART_TIMEOUT_S,
+                        help=f"per instance: max wait for ready + UP (default {RESTART_TIMEOUT_S:g} s)")
+
+
+def parse_env(pairs: Sequence[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise RolloutError(f"--env {pair!r}: expected KEY=VALUE", exit_code=2)
+        env[key] = value
+    return env
+
+
+def make_engine(args: argparse.Namespace) -> Engine:
+    """The one place `--engine` is read: every command works on the Engine this returns."""
+    if args.engine == "docker":
+        return make_docker_engine(args)
+    return make_local_engine(args)
+
+
+def make_local_engine(args: argparse.Namespace) -> LocalEngine:
+    """`up`: a new stack from the flags (checked here); the other commands: the saved one."""
+    if args.command == "up":
+        if not 2 <= args.instances <= 64:
+            raise RolloutError(f"--instances {args.instances}: must be 2..64", exit_code=2)
+        for flag, port, count in (("--port", args.port, 1), ("--stats-port", args.stats_port, 1),
+                                  ("--app-base-port", args.app_base_port, args.instances),
+                                  ("--agent-base-port", args.agent_base_port, args.instances)):
+            if not 0 < port <= 65536 - count:
+                raise RolloutError(f"{flag} {port}: not a usable TCP port", exit_code=2)
+        stack = LocalStack(
+            state_dir=args.state_dir, port=args.port, stats_port=args.stats_port,
+            instances=args.instances,
+            app_base_port=args.app_base_port, agent_base_port=args.agent_base_port,
+            version=args.version, agent=not args.no_agent,
+            blue_green=args.blue_green,
+            retry_on=args.retry_on, retries=args.retries,
+        )
+        return LocalEngine(stack)
+    return LocalEngine(LocalStack.load(args.state_dir))
+
+
+def make_docker_engine(args: argparse.Namespace) -> DockerEngine:
+    """`up` flags become the compose file's variables (ZDH_PORT, ZDH_STATS_PORT, SERVICE_VERSION,
+    or BLUE_VERSION and GREEN_VERSION with --blue-green); a flag left at its default does not
+    override the variable already in the environment. `up --blue-green` uses
+    docker-compose.bluegreen.yml; the other commands find which of the two files has the stack."""
+    env: dict[str, str] = {}
+    if args.command != "up":
+        return find_stack(env)
+    if args.no_agent or args.instances != 3:
+        raise RolloutError("--no-agent and --instances: local engine only (the compose files run "
+                           "app1..app3, or blue1 blue2 green1 green2, each under drain-agent)", exit_code=2)
+    versions = ("BLUE_VERSION", "GREEN_VERSION") if args.blue_green else ("SERVICE_VERSION",)
+    for value, default, var in (
+        (args.port, int(env_default("PORT", "8785")), "ZDH_PORT"),
+        (args.stats_port, int(env_default("STATS_PORT", "8404")), "ZDH_STATS_PORT"),
+        *((args.version, "v1", version) for version in versions),
+    ):
+        if value != default or var not in os.environ:
+            env[var] = str(value)
+    return DockerEngine(env=env, blue_green=args.blue_green)
+
+
+def print_event(event: Event) -> None:
+    stamp = time.strftime("%H:%M:%S", time.localtime(event.at)) + f".{int(event.at * 1000) % 1000:03d}"
+    say(f"{stamp} [{event.instance}] {event.name} {event.detail}".rstrip())
+
+
+def cmd_up(engine: Engine, args: argparse.Namespace) -> int:
+    if engine.is_up():
+        raise RolloutError(f"a stack is already running from {engine.root}; `rollout down` first")
+    say(f"starting HAProxy and {len(engine.instances())} instances from {engine.root} ...")
+    try:
+        engine.up()
+        for instance in engine.instances():
+            wait_ready(engine, instance, None, RESTART_TIMEOUT_S)
+            say(f"[{instance.name}] UP")
+    except (RolloutError, KeyboardInterrupt):
+        engine.down()  # nothing half-started is left behind
+        raise
+    say(f"up: {engine.frontend_url()}/cms  (stats {engine.stats_url().split(';')[0]})")
+    if args.detach:
+        return 0
+    say("running in the foreground; Ctrl-C stops the stack")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        if not engine.is_up():
+            raise RolloutError(f"the {engine.name} stack went away")
+    say("stopping ...")
+    engine.down()
+    return 0
+
+
+def cmd_status(engine: Engine) -> int:
+    servers = read_servers(engine)
+    blue_green = engine.blue_green
+    if blue_green:
+        live, saved = bluegreen.active_color(engine), bluegreen.file_color(engine)
+        note = "" if live == saved else f" (map file says {saved}: a HAProxy restart would switch!)"
+        print(f"active: {live}{note}")
+    rows: list[tuple[str, ...]] = [("SERVER", "HAPROXY", "SESSIONS", "QUEUED", "VERSION")]
+    if blue_green:
+        rows = [("POOL", *rows[0])]
+    for instance in engine.instances():
+        stat = row_of(servers, instance)
+        pool = (instance.backend,) if blue_green else ()
+        rows.append((
+            *pool,
+            instance.name,
+            stat.status if stat else "missing",
+            str(stat.scur) if stat else "-",
+            str(stat.qcur) if stat else "-",
+            engine.version_of(instance) or "-",
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def cmd_restart(engine: Engine, args: argparse.Namespace) -> int:
+    env = parse_env(args.env)
+    began = time.monotonic()
+    result = rolling_restart(engine, args.version, env, args.restart_timeout, print_event)
+    if result.error:
+        raise RolloutError(result.error)
+    say(f"rolling restart done in {time.monotonic() - began:.1f}s")
+    return 0
+
+
+def cmd_switch(engine: Engine, args: argparse.Namespace) -> int:
+    require_blue_green(engine)
+    bluegreen.switch(engine, args.color, say, args.drain_timeout)
+    return 0
+
+
+def cmd_release(engine: Engine, args: argparse.Namespace) -> int:
+    require_blue_green(engine)
+    if not args.version:
+        raise RolloutError("release needs --version", exit_code=2)
+    bluegreen.release(engine, args.version, parse_env(args.env), args.restart_timeout, print_event, say)
+    return 0
+
+
+def require_blue_green(engine: Engine) -> None:
+    if not engine.blue_green:
+        raise RolloutError("this stack has one pool; start it with `rollout up --blue-green`", exit_code=2)
+
+
+def cmd_check(engine: Engine, args: argparse.Namespace) -> int:
+    env = parse_env(args.env)
+    try:
+        plan = LoadPlan(
+            url=args.url or f"{engine.frontend_url()}/cms",
+            requests=None if args.duration else (args.requests or 20_000),
+            duration_s=args.duration, concurrency=args.concurrency, post_share=args.post_share,
+            slow_share=args.slow_share, slow_ms=args.slow_ms, timeout_s=args.timeout,
+        )
+    except ValueError as exc:
+        raise RolloutError(f"check: {exc}", exit_code=2) from None
+    if args.restart and not engine.is_up():
+        raise RolloutError("the stack is not up: `rollout up --detach` first")
+    restart: RestartResult | None = None
+    restart_done = threading.Event()
+
+    def restart_in_background() -> None:
+        nonlocal restart
+        try:
+            time.sleep(args.restart_after)
+            say(f"rolling restart to {args.version or 'the same version'} begins")
+            restart = rolling_restart(engine, args.version, env, args.restart_timeout, print_event)
+        except RolloutError as exc:
+            restart = RestartResult(error=str(exc))
+        finally:
+            restart_done.set()
+
+    def progress(result: LoadResult) -> None:
+        say(f"[load] {result.total} requests, {result.failed} failed")
+
+    if args.restart:
+        threading.Thread(target=restart_in_background, daemon=True).start()
+    say(f"load: {plan.requests or plan.duration_s} {'requests' if plan.requests else 's'} "
+        f"at concurrency {plan.concurrency} on {plan.url}")
+    result = run_event_loop(
+        run_load(plan, progress, keep_going=lambda: args.restart and not restart_done.is_set())
+    )
+    ledger = check_ledgers(result, engine.ledgers()) if engine.ledgers() else None
+    print(summary(result, ledger, restart, plan.concurrency))
+    if args.report:
+        timeline = instance_timeline(engine, result.started)
+        written = write_report(Path(args.report), result, ledger, restart, plan, timeline)
+        say("report: " + ", ".join(str(path) for path in written))
+    failed = result.failed > 0 or (ledger is not None and not ledger.ok)
+    if restart is not None and restart.error:
+        say(restart.error)
+        failed = True
+    return 1 if failed else 0
+
+
+def run_event_loop(coroutine: Coroutine[Any, Any, LoadResult]) -> LoadResult:
+    try:
+        import uvloop
+
+        return uvloop.run(coroutine)
+    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+        return asyncio.run(coroutine)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        engine = make_engine(args)
+        if args.command == "up":
+            return cmd_up(engine, args)
+        if args.command == "down":
+            engine.down()
+            say("down")
+            return 0
+        if not engine.is_up():
+            raise RolloutError(f"the stack in {engine.root} is not running; `rollout up` first")
+        if args.command == "status":
+            return cmd_status(engine)
+        if args.command == "restart":
+            return cmd_restart(engine, args)
+        if args.command in ("switch", "release"):
+            return cmd_switch(engine, args) if args.command == "switch" else cmd_release(engine, args)
+        return cmd_check(engine, args)
+    except RolloutError as exc:
+        say(f"rollout: {exc}")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130

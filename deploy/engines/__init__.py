@@ -1,0 +1,1 @@
+"""How rollout runs a stack: local processes under supervisor, or docker compose."""

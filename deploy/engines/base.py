@@ -1,0 +1,79 @@
+"""What `rollout` needs from a way of running the stack: local processes or docker compose."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+BACKEND = "app"
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One running instance, found in HAProxy's stats by its address, as its agent finds itself."""
+
+    name: str  # supervisor program (app1) or container name (zero-downtime-haproxy-app-2)
+    address: str  # ip:port as HAProxy sees it
+    backend: str = BACKEND
+
+
+class Engine(Protocol):
+    """A stack that `rollout` can start, inspect and restart; every command takes one of these."""
+
+    name: str  # the --engine value: local or docker
+
+    @property
+    def root(self) -> Path:
+        """Where the stack is defined: the local state directory, or the compose file's directory
+        (named in messages such as "a stack is already running from ...")."""
+
+    @property
+    def blue_green(self) -> bool:
+        """Whether this is the two-pool stack (blue1 blue2 green1 green2 behind a map switch)."""
+
+    @property
+    def color_map(self) -> Path:
+        """Blue/green only: the map file as rollout writes it (on this machine)."""
+
+    @property
+    def color_map_ref(self) -> str:
+        """Blue/green only: the map as HAProxy names it (its path inside HAProxy's container, if any)."""
+
+    def haproxy_command(self, line: str) -> str:
+        """One command on HAProxy's Runtime API (never published); HAProxy's answer."""
+
+    def up(self) -> None:
+        """Start HAProxy and every instance (callers then wait for each to be UP)."""
+
+    def down(self) -> None:
+        """Stop everything (instances drain first)."""
+
+    def is_up(self) -> bool: ...
+
+    def instances(self) -> list[Instance]: ...
+
+    def stats_url(self) -> str:
+        """HAProxy's read-only stats CSV (`.../stats;csv`)."""
+
+    def frontend_url(self) -> str: ...
+
+    def restart(self, instance: Instance, version: str | None, env: Mapping[str, str]) -> Instance:
+        """Stop the instance (SIGTERM: its agent drains it; then SIGKILL after the grace
+        period) and start its replacement, with a new version and extra environment when
+        given. Returns the replacement (a container gets a new name and address) once it
+        was started; it may not be ready yet."""
+
+    def prepare(self, version: str | None, env: Mapping[str, str]) -> None:
+        """Before any restart: whatever a new version needs (the docker engine builds its image),
+        so that the restarts themselves measure only stops and starts."""
+
+    def version_of(self, instance: Instance) -> str | None:
+        """The version the running instance reports (None when it does not answer)."""
+
+    def ledgers(self) -> list[Path]:
+        """Files where instances record each processed POST's request id (may be empty)."""
+
+    def log_tail(self, instance: Instance, lines: int = 20) -> str:
+        """The instance's last log lines, shown when it fails to come up."""

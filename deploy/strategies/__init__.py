@@ -1,0 +1,1 @@
+"""How rollout replaces instances: rolling restart, or blue/green behind a map switch."""
