@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import enum
 import logging
+import re
 import sys
 import time
 from collections.abc import Mapping
+from typing import NamedTuple
 
 log = logging.getLogger("drain_agent")
 
@@ -86,3 +88,43 @@ class Timeline:
             "event=%s server=%s t_ms=%d%s",
             name, self.server_id, self.ms_since(self.started), extra,
         )
+
+
+# -- reading the lines back (the report, the benchmarks, the tests) ---------------------------
+
+# `<UTC stamp> <program>[<pid>] event=<name> key=value ...`: drain-agent's lines, and the
+# service's own (`service[12] event=service.draining ...`) in the same shape.
+LINE = re.compile(
+    r"^(?P<stamp>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z (?P<program>[\w.-]+)\[(?P<pid>\d+)\] "
+    r"event=(?P<event>\S+)(?P<rest>.*)$"
+)
+FIELD = re.compile(r'(\w+)=("[^"]*"|\S*)')
+
+
+class LogEvent(NamedTuple):
+    """One event line: when (UTC, seconds since the epoch, ms resolution), what, and its fields
+    (values as logged, quotes removed; `server` and `t_ms` on every drain-agent line)."""
+
+    at: float
+    event: str
+    fields: dict[str, str]
+    program: str
+    pid: int
+
+
+def parse_line(line: str) -> LogEvent | None:
+    """The event on one log line, or None for any other line (the app's own output)."""
+    match = LINE.match(line)
+    if match is None:
+        return None
+    from datetime import UTC, datetime  # only readers need it; the agent never parses its log
+
+    at = datetime.strptime(match["stamp"], "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=UTC).timestamp()
+    fields = {key: value[1:-1] if value.startswith('"') else value
+              for key, value in FIELD.findall(match["rest"])}
+    return LogEvent(at, match["event"], fields, match["program"], int(match["pid"]))
+
+
+def parse_log(text: str) -> list[LogEvent]:
+    """Every event line of a log, in order."""
+    return [event for line in text.split("\n") if (event := parse_line(line)) is not None]

@@ -35,8 +35,8 @@ def run(ctx: Context) -> dict[str, object]:
     memory: list[dict[str, object]] = []
     spec = load()
     with Stacks(ctx.keep_dirs) as stacks:
-        engines = dict(zip(SIZES, stacks.start([StackSpec(f"{n} instances", instances=n) for n in SIZES]),
-                           strict=True))
+        specs = [StackSpec(f"{n} instances", options={"instances": n}) for n in SIZES]
+        engines = dict(zip(SIZES, stacks.start(specs), strict=True))
         for index in range(ctx.runs):
             for size in order(list(SIZES), index):
                 engine = engines[size]
@@ -68,9 +68,8 @@ def run(ctx: Context) -> dict[str, object]:
 REFERENCE_PROGRAMS = {
     "python (bare interpreter)": "import time",
     "python + asyncio": "import asyncio, time",
-    "python + asyncio + httpx": "import asyncio, httpx, time",
     "python + asyncio + prometheus_client": "import asyncio, prometheus_client, time",
-    "python + the agent's imports": "import agent.__main__, agent.drain, time",
+    "python + the agent's imports": "import agent.__main__, time",
 }
 
 

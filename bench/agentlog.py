@@ -2,32 +2,23 @@
 
     2026-11-26T05:24:18.373Z drain-agent[21540] event=signal.received server=app/app1 t_ms=1884 ...
 
+The lines are parsed by agent.events.parse_line, next to the catalogue of their names.
 Per restart: the old agent's stop path (signal.received -> app.signalled, by its t_ms,
-which is monotonic) and the new agent's ready bookkeeping (app.ready -> haproxy.up).
-The agent's overhead is the stop path minus what the requests in flight still needed,
-plus the ready bookkeeping. The same lines also show where the rest of a restart goes.
+which is monotonic) and the new agent's ready bookkeeping (app.ready -> haproxy.up). HAProxy
+learns each state at its next agent-check (`agent-inter 100ms`), so both include that wait.
+The agent's overhead is the stop path minus what the requests already in flight at the
+SIGTERM still needed, plus the ready bookkeeping. The same lines show where the rest goes.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
-from pathlib import Path
 
+from agent.events import LogEvent, parse_log
 from bench.tracing import Trace
+from deploy.engines.base import Engine
 
-LINE = re.compile(
-    r"^(?P<stamp>\S+Z) drain-agent\[(?P<pid>\d+)\] event=(?P<event>\S+) server=\S+ t_ms=(?P<t_ms>\d+)"
-)
-
-
-@dataclass(frozen=True)
-class AgentEvent:
-    at: float  # UTC wall clock, ms resolution
-    pid: int
-    event: str
-    t_ms: int  # since that agent started (monotonic)
+ALL_LINES = 10**7
 
 
 @dataclass
@@ -48,58 +39,50 @@ class RestartCost:
         return asdict(self)
 
 
-def read_events(path: Path) -> list[AgentEvent]:
-    events = []
-    with path.open(errors="replace") as lines:
-        for line in lines:
-            match = LINE.match(line)
-            if match:
-                stamp = datetime.strptime(match["stamp"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-                events.append(AgentEvent(
-                    stamp.timestamp(), int(match["pid"]), match["event"], int(match["t_ms"])
-                ))
-    return events
+def agents(text: str) -> list[list[LogEvent]]:
+    """drain-agent's events, one list per agent process, in the order they started."""
+    by_pid: dict[int, list[LogEvent]] = {}
+    for event in parse_log(text):
+        if event.program == "drain-agent":
+            by_pid.setdefault(event.pid, []).append(event)
+    return list(by_pid.values())
 
 
-def _first(events: list[AgentEvent], name: str) -> AgentEvent | None:
+def _first(events: list[LogEvent], name: str) -> LogEvent | None:
     return next((e for e in events if e.event == name), None)
 
 
-def _ms(later: AgentEvent | None, earlier: AgentEvent | None, *, same_process: bool = True) -> int | None:
+def _ms(later: LogEvent | None, earlier: LogEvent | None, *, same_process: bool = True) -> int | None:
     if later is None or earlier is None:
         return None
-    if same_process:
-        return later.t_ms - earlier.t_ms
+    if same_process:  # the agent's own monotonic clock
+        return int(later.fields["t_ms"]) - int(earlier.fields["t_ms"])
     return round((later.at - earlier.at) * 1000)
 
 
-def restart_costs(path: Path, instance: str, since: float, until: float, trace: Trace | None = None,
+def restart_costs(text: str, instance: str, since: float, until: float, trace: Trace | None = None,
                   idle: bool = False) -> list[RestartCost]:
-    """The restarts whose SIGTERM reached the agent between `since` and `until` (time.time()).
+    """The restarts in one instance's log whose SIGTERM reached the agent between `since` and
+    `until` (time.time()).
 
     With a trace, the in-flight need comes from the requests' timestamps; `idle` says nothing
     was in flight (a deploy without load), so the whole stop path is overhead.
     """
-    by_pid: dict[int, list[AgentEvent]] = {}
-    for event in read_events(path):
-        by_pid.setdefault(event.pid, []).append(event)
-    agents = list(by_pid.values())  # in order of first appearance: one agent per run of the program
+    runs = agents(text)
     costs = []
-    for index, old in enumerate(agents):
+    for index, old in enumerate(runs):
         received = _first(old, "signal.received")
         signalled = _first(old, "app.signalled")
         if received is None or signalled is None or not since <= received.at <= until:
             continue
-        new = agents[index + 1] if index + 1 < len(agents) else []
+        new = runs[index + 1] if index + 1 < len(runs) else []
         app_ready, up = _first(new, "app.ready"), _first(new, "haproxy.up")
         ready_ms = _ms(up, app_ready)
-        stop_path_ms = signalled.t_ms - received.t_ms
+        stop_path_ms = _ms(signalled, received)
+        assert stop_path_ms is not None
         in_flight: float | None = 0.0 if idle else None
         if trace is not None:
-            # Requests sent before HAProxy applied the drain (+1 ms: the stamps are truncated to ms).
-            drain = _first(old, "haproxy.drain")
-            routed_until = (drain.at if drain else received.at) + 0.001
-            in_flight = trace.in_flight_ms(instance, received.at, routed_until)
+            in_flight = trace.in_flight_ms(instance, received.at)
         overhead = None
         if in_flight is not None and ready_ms is not None:
             overhead = max(0.0, stop_path_ms - in_flight) + ready_ms
@@ -114,11 +97,8 @@ def restart_costs(path: Path, instance: str, since: float, until: float, trace: 
     return costs
 
 
-def deploy_costs(engine_root: Path, instances: list[str], since: float, until: float,
-                 trace: Trace | None = None, idle: bool = False) -> list[RestartCost]:
-    costs = []
-    for name in instances:
-        path = engine_root / "logs" / f"{name}.log"
-        if path.exists():
-            costs += restart_costs(path, name, since, until, trace, idle)
-    return costs
+def deploy_costs(engine: Engine, since: float, until: float, trace: Trace | None = None,
+                 idle: bool = False) -> list[RestartCost]:
+    return [cost for instance in engine.instances()
+            for cost in restart_costs(engine.log_tail(instance, ALL_LINES), instance.name, since, until,
+                                      trace, idle)]

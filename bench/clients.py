@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import uvloop
 
 from deploy.check.loadcheck import LedgerCheck, LoadPlan, LoadResult, run_load
+from deploy.check.strict_http import StrictClient
 
 # A child load generator may run this much longer than planned before it is cut off.
 SLACK_S = 120
@@ -58,9 +59,10 @@ def _loopback_only(url: str) -> None:
 # -- strict ------------------------------------------------------------------------------
 
 
-def run_strict(plan: LoadPlan, keep_going: Callable[[], bool] = lambda: False) -> LoadResult:
+def run_strict(plan: LoadPlan, keep_going: Callable[[], bool] = lambda: False,
+               client_factory: Callable[[str, float], StrictClient] = StrictClient) -> LoadResult:
     _loopback_only(plan.url)
-    return uvloop.run(run_load(plan, keep_going=keep_going))
+    return uvloop.run(run_load(plan, keep_going=keep_going, client_factory=client_factory))
 
 
 def strict_row(result: LoadResult, ledger: LedgerCheck | None = None) -> LoadRow:

@@ -10,7 +10,8 @@ import subprocess
 import time
 from importlib import metadata
 
-from deploy.engines.local import REPO_ROOT, haproxy_binary
+from bench.deployer import REPO_ROOT
+from deploy.engines.local import haproxy_binary
 
 # The code under test: a change to any of these during a run makes its sections incomparable.
 CODE_GLOBS = ("agent/*.py", "service/*.py", "deploy/**/*.py", "haproxy/*.cfg")

@@ -16,8 +16,9 @@ from bench import clients
 from bench.agentlog import deploy_costs
 from bench.deployer import BackgroundDeploy
 from bench.stacks import backend_counters, counter_delta, process_cpu, versions
-from bench.tracing import Trace, traced
+from bench.tracing import Trace
 from deploy.check.loadcheck import LoadPlan, check_ledgers
+from deploy.check.strict_http import StrictClient
 from deploy.engines.local import LocalEngine
 
 
@@ -70,7 +71,8 @@ def run_client(engine: LocalEngine, load: LoadSpec, deploy: BackgroundDeploy | N
         url=url, requests=load.requests, duration_s=load.duration_s, concurrency=load.concurrency,
         post_share=load.post_share, slow_share=load.slow_share, slow_ms=load.slow_ms,
     )
-    result = clients.run_strict(plan, keep_going=(lambda: not deploy.done()) if deploy else (lambda: False))
+    result = clients.run_strict(plan, keep_going=(lambda: not deploy.done()) if deploy else (lambda: False),
+                                client_factory=trace.client if trace else StrictClient)
     return clients.strict_row(result, check_ledgers(result, engine.ledgers()))
 
 
@@ -92,10 +94,8 @@ def measure(engine: LocalEngine, load: LoadSpec, *, strategy: str | None = None,
     cpu_before = process_cpu(engine) if strategy is None else None
     deploy = BackgroundDeploy(engine.root, strategy, version or "", delay_s) if strategy else None
     want_trace = bool(strategy) and engine.stack.agent and load.client == "strict"
-    with contextlib.ExitStack() as stack:
-        if deploy is not None:
-            stack.enter_context(deploy)
-        trace = stack.enter_context(traced()) if want_trace else None
+    trace = Trace() if want_trace else None
+    with deploy or contextlib.nullcontext():
         started = time.time()
         if deploy is not None:
             deploy.go()
@@ -119,8 +119,7 @@ def measure(engine: LocalEngine, load: LoadSpec, *, strategy: str | None = None,
         record["versions_after"] = versions(engine)
         if engine.stack.agent and isinstance(began, float):
             until = finished if isinstance(finished, float) else ended
-            names = [i.name for i in engine.instances()]
-            costs = deploy_costs(engine.root, names, began - 1, until + 1, trace)
+            costs = deploy_costs(engine, began - 1, until + 1, trace)
             record["agent_costs"] = [cost.as_dict() for cost in costs]
     return record
 
@@ -134,7 +133,6 @@ def idle_deploy(engine: LocalEngine, version: str) -> dict[str, object]:
     began, finished = timing.get("began"), timing.get("ended")
     if isinstance(began, float):
         until = finished if isinstance(finished, float) else time.time()
-        names = [i.name for i in engine.instances()]
-        costs = deploy_costs(engine.root, names, began - 1, until + 1, idle=True)
+        costs = deploy_costs(engine, began - 1, until + 1, idle=True)
         record["agent_costs"] = [cost.as_dict() for cost in costs]
     return record

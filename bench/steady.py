@@ -20,6 +20,7 @@ from bench.stacks import Stacks, StackSpec
 KEY = "steady"
 TITLE = "Steady state through HAProxy: what the drain middleware costs"
 WITHOUT, WITH = "without middleware", "with middleware"
+NO_AGENT = {"agent": False}
 
 
 def loads(quick: bool) -> list[LoadSpec]:
@@ -32,7 +33,7 @@ def loads(quick: bool) -> list[LoadSpec]:
 def run(ctx: Context) -> dict[str, object]:
     notes: list[str] = []
     records: list[dict[str, object]] = []
-    specs = [StackSpec(WITHOUT, agent=False, middleware=False), StackSpec(WITH, agent=False)]
+    specs = [StackSpec(WITHOUT, middleware=False, options=NO_AGENT), StackSpec(WITH, options=NO_AGENT)]
     plan = loads(ctx.quick)
     if not clients.available("wrk"):
         notes.append("wrk is not installed: its rows are skipped")

@@ -11,7 +11,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 
-from agent.haproxy import RuntimeAPI, parse_address
+from agent.haproxy import Address, RuntimeAPI, ServerStat, find_server
 from deploy.engines.base import BACKEND
 from deploy.engines.local import LocalEngine
 from deploy.strategies.rolling import Event, rolling_restart
@@ -71,55 +71,44 @@ def rolling(engine: LocalEngine, version: str, timeout_s: float) -> DeployTiming
 class SampleScript:
     """The original design's 'very graceful deploy', per instance, over the admin socket:
 
-    set drain; every 1 s (sleep first) read `show servers conn` field 7 (used_cur) until 0;
-    restart by supervisor; poll `show stat` every 1 s until the status is UP (a drained
-    server that passes its checks shows DRAIN, so that counts too); set ready; sleep 1 s.
+    set drain; every 1 s (sleep first) read the server's current connections until 0 (the
+    script reads `show servers conn` field 7, used_cur; here `show stat` scur, through
+    agent.haproxy like every other Runtime API call); restart by supervisor; poll `show stat`
+    every 1 s until the status is UP (a drained server that passes its checks shows DRAIN,
+    so that counts too); set ready; sleep 1 s.
     """
 
     def __init__(self, engine: LocalEngine, timeout_s: float) -> None:
         self.engine = engine
         self.timeout_s = timeout_s
-        self.api = RuntimeAPI(parse_address(f"unix://{engine.admin_socket}"), 2.0)
+        self.api = RuntimeAPI(Address(path=str(engine.admin_socket)), 2.0)
 
-    def command(self, line: str) -> str:
-        return asyncio.run(self.api.command(line))
-
-    def used_cur(self, server: str) -> int:
-        reply = self.command(f"show servers conn {BACKEND}")
-        for line in reply.splitlines():
-            fields = line.split(" ")
-            if fields[0] == f"{BACKEND}/{server}":
-                return int(fields[6])  # `cut -d " " -f 7`
-        raise RuntimeError(f"no {BACKEND}/{server} in `show servers conn`: {reply[:200]!r}")
-
-    def status(self, server: str) -> str:
-        return asyncio.run(self.api.server_stat(BACKEND, server)).status
+    def stat(self, server: str) -> ServerStat:
+        return find_server(asyncio.run(self.api.servers(BACKEND)), BACKEND, server)
 
     def set_state(self, server: str, state: str) -> None:
-        reply = self.command(f"set server {BACKEND}/{server} state {state}").strip()
-        if reply:
-            raise RuntimeError(f"set server {BACKEND}/{server} state {state}: {reply}")
+        asyncio.run(self.api.set_server(BACKEND, server, f"state {state}"))
 
     def run(self, version: str) -> DeployTiming:
         timing = DeployTiming("sample_script", version)
         for instance in self.engine.instances():
             began = time.monotonic()
             deadline = began + self.timeout_s
-            self.set_state(instance.server, "drain")
+            self.set_state(instance.name, "drain")
             note(timing, instance.name, "drain")
             while True:
                 time.sleep(SAMPLE_SLEEP_S)
-                count = self.used_cur(instance.server)
+                count = self.stat(instance.name).scur
                 if count == 0 or time.monotonic() > deadline:
                     break
-            note(timing, instance.name, "restart", f"used_cur {count}")
+            note(timing, instance.name, "restart", f"scur {count}")
             self.engine.restart(instance, version, {})
-            while (status := self.status(instance.server)) not in ("UP", "DRAIN"):
+            while (status := self.stat(instance.name).admin_state) not in ("ready", "drain"):
                 if time.monotonic() > deadline:
                     timing.error = f"{instance.name} not UP within {self.timeout_s:g}s ({status})"
                     return timing
                 time.sleep(SAMPLE_SLEEP_S)
-            self.set_state(instance.server, "ready")
+            self.set_state(instance.name, "ready")
             timing.per_instance_s[instance.name] = time.monotonic() - began
             note(timing, instance.name, "ready", f"status was {status}")
             time.sleep(SAMPLE_SLEEP_S)

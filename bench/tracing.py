@@ -1,21 +1,17 @@
 """Per-request timestamps from the strict checker, to know what was in flight when a drain began.
 
-The agent's overhead is its drain time minus the time the last request in flight on that
-server still needed. `run_load` builds one StrictClient per worker by name, so for a traced
-run we swap in a subclass that only notes wall-clock start and end (the same clock as the
-agent's log stamps) and the answering instance. The checker's logic is untouched.
+The agent's overhead is its stop path minus what the requests already in flight on that
+server at its SIGTERM still needed. A traced run gives `run_load` a client factory that
+makes `TracingClient`s: each notes every request's wall-clock start and end (the clock of
+the agents' log stamps) and the answering instance. The checker's logic is untouched.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from unittest import mock
 
-from deploy.check import loadcheck
 from deploy.check.strict_http import Response, StrictClient
 
 
@@ -26,6 +22,14 @@ class Span:
     instance: str
 
 
+def instance_of(body: bytes) -> str:
+    """The instance that answered, from the service's JSON body ('?' if it does not say)."""
+    try:
+        return str(json.loads(body).get("instance", "?"))
+    except (ValueError, AttributeError):
+        return "?"
+
+
 @dataclass
 class Trace:
     raw: list[tuple[float, float, bytes]] = field(default_factory=list)
@@ -33,38 +37,33 @@ class Trace:
 
     def spans(self) -> list[Span]:
         if self._spans is None:
-            spans = []
-            for began, ended, body in self.raw:
-                try:
-                    instance = str(json.loads(body).get("instance", "?"))
-                except (ValueError, AttributeError):
-                    instance = "?"
-                spans.append(Span(began, ended, instance))
-            self._spans = spans
+            self._spans = [Span(began, ended, instance_of(body)) for began, ended, body in self.raw]
         return self._spans
 
-    def in_flight_ms(self, instance: str, at: float, routed_until: float) -> float:
-        """How long after `at` the last request sent to `instance` before `routed_until` ended."""
-        last = max(
-            (s.ended for s in self.spans()
-             if s.instance == instance and s.began <= routed_until and s.ended > at),
-            default=at,
-        )
+    def in_flight_ms(self, instance: str, at: float) -> float:
+        """How long after `at` the last request already sent to `instance` by then ended.
+
+        Requests sent later (HAProxy learns of a drain only at its next agent-check, up to
+        `agent-inter` later) do not count: the time they add is the agent's overhead.
+        The agents' stamps are truncated to the ms, hence the 1 ms of slack."""
+        ends = [s.ended for s in self.spans() if s.instance == instance and s.began <= at + 0.001]
+        last = max((end for end in ends if end > at), default=at)
         return (last - at) * 1000
 
+    def client(self, url: str, timeout_s: float) -> StrictClient:
+        """`run_load`'s client_factory."""
+        return TracingClient(url, timeout_s, self)
 
-@contextlib.contextmanager
-def traced() -> Iterator[Trace]:
-    trace = Trace()
 
-    class TracingClient(StrictClient):
-        async def request(
-            self, method: str, target: str, body: bytes = b"", headers: dict[str, str] | None = None
-        ) -> Response:
-            began = time.time()
-            response = await super().request(method, target, body, headers)
-            trace.raw.append((began, time.time(), bytes(response.body)))
-            return response
+class TracingClient(StrictClient):
+    def __init__(self, url: str, timeout_s: float, trace: Trace) -> None:
+        super().__init__(url, timeout_s)
+        self.trace = trace
 
-    with mock.patch.object(loadcheck, "StrictClient", TracingClient):
-        yield trace
+    async def request(
+        self, method: str, target: str, body: bytes = b"", headers: dict[str, str] | None = None
+    ) -> Response:
+        began = time.time()
+        response = await super().request(method, target, body, headers)
+        self.trace.raw.append((began, time.time(), bytes(response.body)))
+        return response

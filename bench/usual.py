@@ -15,6 +15,7 @@ from bench.log import say
 from bench.measure import LoadSpec, measure
 from bench.original import RESTART_AFTER_S, describe
 from bench.stacks import Stacks, StackSpec
+from bench.steady import NO_AGENT
 
 KEY = "usual"
 TITLE = "The same deploy, the usual ways, side by side"
@@ -30,10 +31,11 @@ class Way:
 
 WAYS = [
     Way("a", "(a) plain restarts, no agent, no retries",
-        StackSpec("a", agent=False, retry_on="none", retries=0), "rolling"),
-    Way("b", "(b) HAProxy retries only", StackSpec("b", agent=False), "rolling"),
-    Way("c", "(c) sample script: drain, 1 s polling, fixed sleeps", StackSpec("c", agent=False), "sample"),
-    Way("d", "(d) ours: drain-agent + retries", StackSpec("d", agent=True), "rolling"),
+        StackSpec("a", options=NO_AGENT | {"retry_on": "none", "retries": 0}), "rolling"),
+    Way("b", "(b) HAProxy retries only", StackSpec("b", options=NO_AGENT), "rolling"),
+    Way("c", "(c) sample script: drain, 1 s polling, fixed sleeps",
+        StackSpec("c", options=NO_AGENT), "sample"),
+    Way("d", "(d) ours: drain-agent + retries", StackSpec("d"), "rolling"),
 ]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import signal
 import sys
 import threading
@@ -16,9 +17,9 @@ from typing import Any
 from deploy.check.loadcheck import LoadPlan, LoadResult, check_ledgers, run_load
 from deploy.check.report import summary, write_report
 from deploy.check.timeline import instance_timeline
-from deploy.engines.base import Engine
+from deploy.engines.base import Engine, check_env, check_version
 from deploy.engines.compose import DockerEngine, find_stack
-from deploy.engines.local import LocalEngine, LocalStack
+from deploy.engines.local import REFERENCE_SERVICE, LocalEngine, LocalStack, app_argv
 from deploy.errors import RolloutError
 from deploy.strategies import bluegreen
 from deploy.strategies.rolling import (
@@ -31,6 +32,7 @@ from deploy.strategies.rolling import (
 )
 
 RESTART_TIMEOUT_S = 90.0
+READY_PATH = re.compile(r"/[A-Za-z0-9/._~-]*")
 
 
 def say(message: str) -> None:
@@ -64,7 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="HAProxy stats and metrics port, loopback only (default 8404)")
     up.add_argument("--app-base-port", type=int, default=int(env_default("APP_BASE_PORT", "8001")),
                     help="app1 listens here, app2 on the next port... (default 8001)")
-    up.add_argument("--version", default="v1", help="version the instances start with (default v1)")
+    up.add_argument("--version", default="v1", type=version_arg,
+                    help="version the instances start with (default v1)")
+    up.add_argument("--app-command", default=REFERENCE_SERVICE, metavar="COMMAND",
+                    help="your app instead of the reference service, e.g. 'node server.js {port}': "
+                         "{port} is each instance's port (also in $PORT); run from the current "
+                         "directory (default: the reference service)")
+    up.add_argument("--ready-path", default="/readyz",
+                    help="the app's readiness path: HAProxy's health check and the agent's probe "
+                         "(default /readyz)")
+    up.add_argument("--start-timeout", type=float, default=60.0,
+                    help="max seconds for an instance to become ready (default 60)")
     up.add_argument("--agent-base-port", type=int, default=int(env_default("AGENT_BASE_PORT", "9201")),
                     help="app1's drain-agent answers HAProxy's agent-check here, app2's on the "
                          "next port... (default 9201)")
@@ -113,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_restart_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--version", help="new version (default: keep each instance's version)")
+    parser.add_argument("--version", type=version_arg,
+                        help="new version (default: keep each instance's version)")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                         help="extra environment for the new instances (repeatable)")
     parser.add_argument("--restart-timeout", type=float, default=RESTART_TIMEOUT_S,
@@ -124,10 +137,18 @@ def parse_env(pairs: Sequence[str]) -> dict[str, str]:
     env = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not key.isidentifier():
-            raise RolloutError(f"--env {pair!r}: expected KEY=VALUE", exit_code=2)
+        if not sep:
+            raise RolloutError(f"--env {pair[:80]!r}: expected KEY=VALUE", exit_code=2)
         env[key] = value
+    check_env(env)
     return env
+
+
+def version_arg(text: str) -> str:
+    try:
+        return check_version(text)
+    except RolloutError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def make_engine(args: argparse.Namespace) -> Engine:
@@ -147,11 +168,20 @@ def make_local_engine(args: argparse.Namespace) -> LocalEngine:
                                   ("--agent-base-port", args.agent_base_port, args.instances)):
             if not 0 < port <= 65536 - count:
                 raise RolloutError(f"{flag} {port}: not a usable TCP port", exit_code=2)
+        if not app_argv(args.app_command, 1):
+            raise RolloutError("--app-command is empty", exit_code=2)
+        if not READY_PATH.fullmatch(args.ready_path):
+            raise RolloutError(f"--ready-path {args.ready_path[:80]!r}: expected a path such as "
+                               "/healthz (letters, digits, '/', '.', '_', '-', '~')", exit_code=2)
+        if not 0 < args.start_timeout <= 3600:
+            raise RolloutError(f"--start-timeout {args.start_timeout}: must be 0..3600 s", exit_code=2)
         stack = LocalStack(
             state_dir=args.state_dir, port=args.port, stats_port=args.stats_port,
             instances=args.instances,
             app_base_port=args.app_base_port, agent_base_port=args.agent_base_port,
             version=args.version, agent=not args.no_agent,
+            app_command=args.app_command, app_dir=os.getcwd(), ready_path=args.ready_path,
+            start_timeout_s=args.start_timeout,
             blue_green=args.blue_green,
             retry_on=args.retry_on, retries=args.retries,
         )

@@ -98,10 +98,13 @@ async def run_load(
     plan: LoadPlan,
     progress: Callable[[LoadResult], None] | None = None,
     keep_going: Callable[[], bool] = lambda: False,
+    client_factory: Callable[[str, float], StrictClient] = StrictClient,
 ) -> LoadResult:
     """Closed-loop load: `concurrency` workers, each sending its next request when answered.
 
     `keep_going()` extends the run past its planned end (used while a restart is still running).
+    `client_factory(url, timeout_s)` makes each worker's client (the benchmarks pass a
+    StrictClient subclass that also notes each request's wall-clock times).
     """
     result = LoadResult(started=time.time())
     rng = random.Random(plan.seed)
@@ -188,7 +191,7 @@ async def run_load(
         record(began, "post", failure, body or {})
 
     async def worker() -> None:
-        client = StrictClient(plan.url, plan.timeout_s)
+        client = client_factory(plan.url, plan.timeout_s)
         try:
             while take():
                 await one(client)

@@ -2,12 +2,37 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from deploy.errors import RolloutError
+
 BACKEND = "app"
+# A version is an image tag in compose: the same rule as Docker's (and deploy.sh's).
+VERSION = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MAX_ENV_VALUE = 4096
+
+
+def check_version(version: str) -> str:
+    if not VERSION.fullmatch(version):
+        raise RolloutError(f"version {version[:80]!r} is not a valid image tag (letters, digits, "
+                           "'_', '.', '-'; at most 128; not starting with '.' or '-')", exit_code=2)
+    return version
+
+
+def check_env(env: Mapping[str, str]) -> Mapping[str, str]:
+    """Extra environment for new instances: names a shell would accept, one-line values."""
+    for key, value in env.items():
+        if not ENV_KEY.fullmatch(key):
+            raise RolloutError(f"--env {key[:80]!r}: not a variable name", exit_code=2)
+        if any(c in value for c in "\n\r\0") or len(value) > MAX_ENV_VALUE:
+            raise RolloutError(f"--env {key}: the value must be one line of at most "
+                               f"{MAX_ENV_VALUE} characters", exit_code=2)
+    return env
 
 
 @dataclass(frozen=True)
@@ -71,6 +96,10 @@ class Engine(Protocol):
 
     def version_of(self, instance: Instance) -> str | None:
         """The version the running instance reports (None when it does not answer)."""
+
+    def start_failure(self, instance: Instance) -> str | None:
+        """Why the instance gave up starting (its agent exited: command not found, app exited,
+        never ready), in one line; None while it may still come up."""
 
     def ledgers(self) -> list[Path]:
         """Files where instances record each processed POST's request id (may be empty)."""

@@ -203,6 +203,9 @@ class DockerEngine:
             return None
         return answer.strip() or None
 
+    def start_failure(self, instance: Instance) -> str | None:
+        return None  # a container that gives up is restarted by Docker; the timeout decides
+
     def ledgers(self) -> list[Path]:
         return []  # the containers' files are not ours to read; strict_http still counts every request
 

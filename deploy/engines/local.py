@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import json
 import os
+import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -26,12 +28,16 @@ from typing import Any
 
 import httpx
 
+import deploy
 from agent.haproxy import Address, RuntimeAPI
 from deploy.engines.base import BACKEND, Instance
 from deploy.errors import RolloutError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_HAPROXY_CFG = REPO_ROOT / "haproxy" / "haproxy.cfg"
+# The configs ship inside the package (deploy/haproxy; in a checkout a link to haproxy/), so
+# an installed rollout finds them wherever it runs.
+HAPROXY_DIR = Path(deploy.__file__).resolve().parent / "haproxy"
+DEFAULT_HAPROXY_CFG = HAPROXY_DIR / "haproxy.cfg"
+REFERENCE_SERVICE = "{python} -m service"
 DRAIN_TIMEOUT_S = 20
 APP_STOP_TIMEOUT_S = 25
 # supervisor's grace period before SIGKILL: the whole drain plus the app's own shutdown.
@@ -55,6 +61,12 @@ class LocalStack:
     haproxy_cfg: str = str(DEFAULT_HAPROXY_CFG)
     blue_green: bool = False  # two pools (blue1, blue2, green1, green2) behind a map switch
     app_env: dict[str, str] = field(default_factory=dict)
+    # Your own app instead of the reference service: `{port}` is replaced by each instance's
+    # port (also in $PORT); it runs in app_dir, and answers 200 on ready_path when ready.
+    app_command: str = REFERENCE_SERVICE
+    app_dir: str = "."
+    ready_path: str = "/readyz"
+    start_timeout_s: float = 60.0  # the agent's --start-timeout
 
     @property
     def root(self) -> Path:
@@ -91,8 +103,18 @@ def haproxy_binary() -> str:
         ) from None
 
 
+def app_argv(template: str, port: int) -> list[str]:
+    """The app's command line for one instance: `{port}` filled in, split as a shell would."""
+    try:
+        return shlex.split(template.replace("{python}", shlex.quote(sys.executable))
+                           .replace("{port}", str(port)))
+    except ValueError as exc:
+        raise RolloutError(f"--app-command {template!r}: {exc}", exit_code=2) from None
+
+
 def supervisor_env(env: Mapping[str, str]) -> str:
-    """supervisor's `environment=` syntax; `%` must be doubled (it expands %(ENV_X)s)."""
+    """supervisor's `environment=` syntax; `%` must be doubled (it expands %(ENV_X)s).
+    Keys and values were checked (deploy.engines.base.check_env): no line breaks, no NUL."""
     parts = []
     for key, value in env.items():
         escaped = value.replace("%", "%%").replace('"', '\\"')
@@ -106,6 +128,7 @@ class LocalEngine:
     def __init__(self, stack: LocalStack) -> None:
         self.stack = stack
         self.root = stack.root.resolve()
+        self.log_marks: dict[str, int] = {}
 
     # -- layout --------------------------------------------------------------------
 
@@ -214,6 +237,7 @@ files = conf.d/*.conf
             "HAPROXY_STATS_BIND": f"127.0.0.1:{self.stack.stats_port}",
             "HAPROXY_RETRIES": str(self.stack.retries),
             "HAPROXY_RETRY_ON": self.stack.retry_on,
+            "HAPROXY_CHECK_PATH": self.stack.ready_path,
         }
         if self.stack.blue_green:
             env["HAPROXY_COLOR_MAP"] = str(self.color_map)
@@ -252,20 +276,21 @@ stdout_logfile={self.root / "logs" / "haproxy.log"}
         )
 
     def app_command(self, instance: Instance) -> str:
-        python = sys.executable
-        app = f"{python} -m service"
+        app = app_argv(self.stack.app_command, self.app_port(instance))
         if not self.stack.agent:
-            return app
-        agent = Path(python).with_name("drain-agent")
-        return (
-            f"{agent} --haproxy-stats 'http://127.0.0.1:{self.stack.stats_port}/stats;csv' "
-            f"--agent-bind 127.0.0.1 --agent-port {self.agent_port(instance)} "
-            f"--ready-url http://{instance.address}/readyz "
-            f"--drain-timeout {DRAIN_TIMEOUT_S} --stop-timeout {APP_STOP_TIMEOUT_S} -- {app}"
-        )
+            return shlex.join(app)
+        agent = Path(sys.executable).with_name("drain-agent")
+        return shlex.join([
+            str(agent), "--haproxy-stats", f"http://127.0.0.1:{self.stack.stats_port}/stats;csv",
+            "--agent-bind", "127.0.0.1", "--agent-port", str(self.agent_port(instance)),
+            "--ready-url", f"http://{instance.address}{self.stack.ready_path}",
+            "--drain-timeout", str(DRAIN_TIMEOUT_S), "--stop-timeout", str(APP_STOP_TIMEOUT_S),
+            "--start-timeout", f"{self.stack.start_timeout_s:g}", "--", *app,
+        ])
 
     def write_app_program(self, instance: Instance, version: str, extra: Mapping[str, str]) -> None:
         env = {
+            "PORT": str(self.app_port(instance)),
             "SERVICE_INSTANCE": instance.name,
             "SERVICE_VERSION": version,
             "SERVICE_PORT": str(self.app_port(instance)),
@@ -279,7 +304,7 @@ stdout_logfile={self.root / "logs" / "haproxy.log"}
             f"""[program:{instance.name}]
 command={self.app_command(instance)}
 environment={supervisor_env(env)}
-directory={REPO_ROOT}
+directory={Path(self.stack.app_dir).resolve()}
 priority=20
 startsecs=0
 autorestart=unexpected
@@ -339,9 +364,11 @@ stdout_logfile={self.root / "logs" / f"{instance.name}.log"}
         self.root.mkdir(parents=True, exist_ok=True)
         self.stack.save()
         self.write_configs()
-        supervisord = Path(sys.executable).with_name("supervisord")
+        for instance in self.instances():
+            self.mark_log(instance)
+        self.admin_socket.unlink(missing_ok=True)  # a stale one would look like a started HAProxy
         result = subprocess.run(
-            [str(supervisord), "-c", str(self.root / "supervisord.conf")],
+            [sys.executable, "-m", "supervisor.supervisord", "-c", str(self.root / "supervisord.conf")],
             capture_output=True, text=True, check=False,
         )
         if result.returncode != 0:
@@ -351,6 +378,17 @@ stdout_logfile={self.root / "logs" / f"{instance.name}.log"}
             if time.monotonic() > deadline:
                 raise RolloutError(f"supervisord did not answer on {self.supervisor_socket}")
             time.sleep(0.1)
+        self.wait_haproxy(deadline)
+
+    def wait_haproxy(self, deadline: float) -> None:
+        """Until HAProxy's admin socket exists, or its own error once it gives up."""
+        while not self.admin_socket.exists():
+            info = self.supervisor("getProcessInfo", "haproxy")
+            if info["statename"] in ("BACKOFF", "FATAL", "EXITED") or time.monotonic() > deadline:
+                log = (self.root / "logs" / "haproxy.log").read_text(errors="replace").splitlines()
+                alert = next((line for line in reversed(log) if "[ALERT]" in line), log[-1] if log else "")
+                raise RolloutError(f"HAProxy did not start: {alert.strip()[:300]}")
+            time.sleep(0.05)
 
     def down(self) -> None:
         pidfile = self.root / "supervisord.pid"
@@ -380,6 +418,7 @@ stdout_logfile={self.root / "logs" / f"{instance.name}.log"}
                     self.supervisor("addProcessGroup", instance.name)
                 else:
                     self.supervisor("stopProcess", instance.name)
+            self.mark_log(instance)
             self.start_now(instance.name)
         except xmlrpc.client.Fault as fault:
             raise RolloutError(f"[{instance.name}] supervisor: {fault.faultString}") from None
@@ -414,6 +453,38 @@ stdout_logfile={self.root / "logs" / f"{instance.name}.log"}
         except xmlrpc.client.Fault as fault:
             if "ALREADY_STARTED" not in fault.faultString:
                 raise
+
+    def start_failure(self, instance: Instance) -> str | None:
+        """Its agent gave up since we last started it: the agent's own one-line error, or how
+        the app exited, read from the lines its log got since then."""
+        path, mark = self.log_path(instance), self.log_marks.get(instance.name)
+        if mark is None:
+            return None
+        try:
+            with path.open("rb") as log:
+                log.seek(mark)
+                lines = log.read().decode(errors="replace").splitlines()
+        except OSError:
+            return None
+        for index, line in enumerate(lines):
+            if line.startswith("drain-agent: "):
+                return line.removeprefix("drain-agent: ")
+            if "event=app.exited" in line and "unexpected=True" in line:
+                how = re.search(r'how="([^"]*)"', line)
+                before = lines[:index]
+                when = "" if any("event=app.ready" in x for x in before) else " before it was ready"
+                said = [x.strip() for x in before if "drain-agent[" not in x and x.strip()]
+                return (f"the app {how.group(1) if how else 'exited'}{when}"
+                        + (f"; its last line: {said[-1][:200]}" if said else ""))
+        return None
+
+    def log_path(self, instance: Instance) -> Path:
+        return self.root / "logs" / f"{instance.name}.log"
+
+    def mark_log(self, instance: Instance) -> None:
+        """From here on, start_failure reads what this instance's log says."""
+        path = self.log_path(instance)
+        self.log_marks[instance.name] = path.stat().st_size if path.exists() else 0
 
     def version_of(self, instance: Instance) -> str | None:
         try:

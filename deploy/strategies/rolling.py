@@ -75,6 +75,8 @@ def wait_ready(engine: Engine, instance: Instance, version: str | None, timeout_
             seen = engine.version_of(instance)
             if seen is not None and (version is None or seen == version):
                 return
+        elif (why := engine.start_failure(instance)) is not None:
+            raise RolloutError(f"[{instance.name}] {why}")
         time.sleep(POLL_S)
     raise RolloutError(
         f"[{instance.name}] not ready and UP within {timeout_s:g}s (HAProxy status: {status}{check}, "

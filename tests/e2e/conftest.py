@@ -1,36 +1,50 @@
-"""The compose demo as a fixture: a real stack under its own project name, ports and image name.
+"""The compose stacks as fixtures: real stacks under their own project names, ports and images.
 
 Nothing here clashes with a demo someone left running (`docker compose up` from the repo
-root): the project is `zdh-test-<random>`, the host ports are free ones, and the image is
-tagged `<project>-app:<version>`. Teardown always runs `docker compose down -v` and removes
-those tags. Without a Docker engine the tests are skipped, unless CI is set: then they fail.
+root) or with another test run: the project is `zdh-test-<random>`, the host ports are free
+ones, and the image is tagged `<project>-app:<version>`. Teardown always runs `docker compose
+down -v` and removes those tags (the layers stay cached). Without a Docker engine the tests
+are skipped, unless CI is set: then they fail.
+
+The app service is scaled (`app`, or `blue` and `green`): a container is known by its name and
+its address, and HAProxy's row for it is found by that address (server-template slots filled
+by Docker's DNS), as its drain-agent and the deploy tools find it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 import secrets
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
+import uvloop
 
-from agent.haproxy import parse_stat_csv
+from agent.haproxy import ServerStat, parse_stat_csv
+from deploy.check.loadcheck import LoadPlan, LoadResult, run_load
+from deploy.engines.compose import DockerEngine
 from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY_SH = REPO / "deploy" / "deploy.sh"
+ROLLOUT = Path(sys.executable).parent / "rollout"
 COMPOSE_FILE = REPO / "docker-compose.yml"
-APPS = ("app1", "app2", "app3")
+BLUEGREEN_FILE = REPO / "docker-compose.bluegreen.yml"
 BUILD_TIMEOUT_S = 600  # cold: the dependencies come from PyPI
 UP_TIMEOUT_S = 180
+APP_PORT = 8000
+AGENT_PORT = 9200
 
 
 def require_docker() -> None:
@@ -56,6 +70,68 @@ def require_docker() -> None:
     if os.environ.get("CI"):
         pytest.fail(f"{message}; CI is set, so the docker tests must run", pytrace=False)
     pytest.skip(message)
+
+
+def docker(*args: str, timeout: float = 60, check: bool = True,
+           input: str | None = None) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout,
+                            check=False, input=input)
+    if check and result.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args[:3])} exited {result.returncode}:\n"
+                             f"{result.stdout}\n{result.stderr}")
+    return result
+
+
+# -- strict load -------------------------------------------------------------------------------
+
+
+def load_during(url: str, action: Callable[[], object] | None, *, requests: int = 12_000,
+                concurrency: int = 100, post_share: float = 0.2, slow_share: float = 0.1,
+                slow_ms: int = 200, start_after_s: float = 1.0) -> tuple[LoadResult, object]:
+    """Strict load (deploy.check.loadcheck.run_load: no retries, every request counted) on
+    `url`/cms while `action` runs in a thread; the load goes on until the action is done.
+
+    tests.conftest.load_during with the concurrency and mix as parameters (it fixes 100)."""
+    plan = LoadPlan(url=f"{url}/cms", requests=requests, concurrency=concurrency,
+                    post_share=post_share, slow_share=slow_share, slow_ms=slow_ms)
+    outcome: list[object] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            time.sleep(start_after_s)
+            outcome.append(action() if action else None)
+        except BaseException as exc:  # re-raised below, not lost in the thread
+            outcome.append(exc)
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    result = uvloop.run(run_load(plan, keep_going=lambda: not done.is_set()))
+    thread.join()
+    print(f"\nload: {result.total} requests (c={concurrency}) in {result.elapsed_s:.1f}s, "
+          f"{result.failed} failed {dict(result.failures)}, p50 {result.percentile(50):.1f} ms, "
+          f"p99 {result.percentile(99):.1f} ms, max {max(result.latencies_ms, default=0):.0f} ms; "
+          f"versions {dict(result.versions)}")
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return result, outcome[0]
+
+
+def assert_no_failures(result: LoadResult, requests: int) -> None:
+    assert result.total >= requests, result.total
+    assert result.failed == 0, dict(result.failures)
+    assert set(result.kinds) == {"get", "get-slow", "post"}, result.kinds
+
+
+def last_versions(result: LoadResult, seconds: int = 1) -> set[str]:
+    """The versions answered in the last `seconds` of the load that had answers."""
+    buckets = [b for _, b in sorted(result.seconds.items()) if b.versions][-seconds:]
+    return {version for bucket in buckets for version in bucket.versions}
+
+
+# -- docker events ------------------------------------------------------------------------------
 
 
 @dataclass
@@ -109,26 +185,66 @@ class DockerEvents:
                 found.append(dict(attributes) if isinstance(attributes, dict) else {})
         return found
 
+    def assert_clean_stops(self, container_ids: list[str]) -> None:
+        """Each container got SIGTERM only (no SIGKILL) and exited 0: its agent drained and
+        the app stopped on its own, long before Docker's stop_grace_period ran out."""
+        for container in container_ids:
+            kills = self.of(container, "kill")
+            assert kills and {k.get("signal") for k in kills} == {"15"}, (container[:12], kills)
+            dies = self.of(container, "die")
+            assert [d.get("exitCode") for d in dies] == ["0"], (container[:12], dies)
+
+
+# -- the stack ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Container:
+    id: str
+    name: str
+    service: str
+    address: str  # ip:8000, as HAProxy's row and the agent know it
+    created: str
+    state: str  # running, paused, exited...
+
+    @property
+    def short(self) -> str:
+        """The first 12 hex digits: the container's hostname, the app's `instance`, and how
+        deploy.sh names it."""
+        return self.id[:12]
+
+    @property
+    def ip(self) -> str:
+        return self.address.rpartition(":")[0]
+
 
 class ComposeStack:
-    """docker-compose.yml under a test project name; every call has a timeout."""
+    """One compose file under a test project; every call has a timeout."""
 
-    def __init__(self) -> None:
-        self.project = f"zdh-test-{secrets.token_hex(4)}"
+    services: tuple[str, ...] = ("app",)
+
+    def __init__(self, compose_file: Path = COMPOSE_FILE, prefix: str = "zdh-test") -> None:
+        self.compose_file = compose_file
+        self.project = f"{prefix}-{secrets.token_hex(4)}"
         self.port = free_port()
         self.stats_port = free_port()
         self.image = f"{self.project}-app"
         self.env = {
             **os.environ,
             "COMPOSE_PROJECT_NAME": self.project,
-            "COMPOSE_FILE": str(COMPOSE_FILE),
+            "COMPOSE_FILE": str(compose_file),  # also tells `rollout` which of the two stacks
             "ZDH_PORT": str(self.port),
             "ZDH_STATS_PORT": str(self.stats_port),
             "ZDH_IMAGE": self.image,
             "SERVICE_VERSION": "e2e-v1",
         }
-        for name in ("SERVICE_WARMUP_S", "DRAIN_AGENT_START_TIMEOUT", "DEPLOY_TIMEOUT", "ZDH_BIND"):
+        for name in ("SERVICE_WARMUP_S", "SERVICE_HOST", "DRAIN_AGENT_START_TIMEOUT", "DEPLOY_TIMEOUT",
+                     "ZDH_BIND", "ZDH_COLOR_DIR", "BLUE_VERSION", "GREEN_VERSION", "ROLLOUT_ENGINE",
+                     "ROLLOUT_PORT", "ROLLOUT_STATS_PORT", "COMPOSE_PROFILES"):
             self.env.pop(name, None)
+        self._engine: DockerEngine | None = None
+
+    # -- commands --------------------------------------------------------------------------
 
     @property
     def url(self) -> str:
@@ -137,6 +253,22 @@ class ComposeStack:
     @property
     def stats_url(self) -> str:
         return f"http://127.0.0.1:{self.stats_port}/stats;csv;norefresh"
+
+    @property
+    def version(self) -> str:
+        """The version compose would give a new container (SERVICE_VERSION): kept equal to the
+        running one after each deploy, as the compose file's comment asks of users."""
+        return self.env["SERVICE_VERSION"]
+
+    @version.setter
+    def version(self, value: str) -> None:
+        self.env["SERVICE_VERSION"] = value
+
+    @property
+    def engine(self) -> DockerEngine:
+        if self._engine is None:
+            self._engine = DockerEngine(env=self.env, blue_green=self.compose_file == BLUEGREEN_FILE)
+        return self._engine
 
     def compose(self, *args: str, timeout: float = 120, check: bool = True,
                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -148,67 +280,154 @@ class ComposeStack:
                                  f"{result.stdout}\n{result.stderr}")
         return result
 
-    def deploy(self, version: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess[str]:
-        """./deploy/deploy.sh <version>, as a user would run it (with this stack's variables)."""
-        return subprocess.run([str(DEPLOY_SH), version], capture_output=True, text=True,
-                              env={**self.env, **env}, cwd=REPO, timeout=timeout, check=False)
+    def deploy(self, *args: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess[str]:
+        """./deploy/deploy.sh [args], as a user would run it (with this stack's variables)."""
+        began = time.monotonic()
+        result = subprocess.run([str(DEPLOY_SH), *args], capture_output=True, text=True,
+                                env={**self.env, **env}, cwd=REPO, timeout=timeout, check=False)
+        print(f"\n$ deploy.sh {' '.join(args)}  (exit {result.returncode}, "
+              f"{time.monotonic() - began:.1f}s)\n{result.stdout}{result.stderr}", end="")
+        return result
+
+    def rollout(self, *args: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess[str]:
+        began = time.monotonic()
+        result = subprocess.run([str(ROLLOUT), "--engine", "docker", *args], capture_output=True,
+                                text=True, env={**self.env, **env}, cwd=REPO, timeout=timeout,
+                                check=False)
+        print(f"\n$ rollout --engine docker {' '.join(args)}  (exit {result.returncode}, "
+              f"{time.monotonic() - began:.1f}s)\n{result.stderr}{result.stdout}", end="")
+        return result
 
     def up(self) -> None:
-        self.compose("build", timeout=BUILD_TIMEOUT_S)
-        self.compose("up", "-d", "--wait", "--pull", "never", timeout=UP_TIMEOUT_S)
+        self.compose("build", self.services[0], timeout=BUILD_TIMEOUT_S)  # once: the rest hit the cache
+        self.compose("up", "-d", "--wait", timeout=UP_TIMEOUT_S)
 
     def down(self) -> None:
         self.compose("down", "-v", "--remove-orphans", timeout=180, check=False)
-        tags = subprocess.run(["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}",
-                               "--filter", f"reference={self.image}"],
-                              capture_output=True, text=True, timeout=30, check=False).stdout.split()
+        tags = docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}",
+                      "--filter", f"reference={self.image}", check=False).stdout.split()
         if tags:  # untag only: the layers stay cached for the next run
-            subprocess.run(["docker", "image", "rm", *tags], capture_output=True, timeout=60, check=False)
-
-    def container_id(self, service: str) -> str:
-        return self.compose("ps", "-q", service).stdout.strip()
-
-    def exec(self, service: str, *command: str) -> str:
-        return self.compose("exec", "-T", service, *command, timeout=30).stdout
-
-    def version(self, service: str) -> str:
-        return self.exec(service, "python", "-c",
-                         "import json, urllib.request as u; "
-                         "print(json.load(u.urlopen('http://127.0.0.1:8000/version', timeout=2))['version'])"
-                         ).strip()
-
-    def servers(self) -> dict[str, str]:
-        """HAProxy's status per app server, from the published stats CSV."""
-        text = httpx.get(self.stats_url, timeout=3).text
-        return {row["svname"]: row["status"] for row in parse_stat_csv(text)
-                if row["pxname"] == "app" and row["svname"] in APPS}
-
-    def wait_all_up(self, timeout: float = 60) -> dict[str, str]:
-        deadline = time.monotonic() + timeout
-        servers: dict[str, str] = {}
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                servers = self.servers()
-                if all(servers.get(app) == "UP" for app in APPS):
-                    return servers
-            time.sleep(0.2)
-        raise AssertionError(f"not all servers UP within {timeout}s: {servers}")
-
-    def ensure_healthy(self) -> None:
-        """Before each test: all three UP; a test that failed half-way gets a fresh rollout."""
-        try:
-            self.wait_all_up(timeout=20)
-        except AssertionError:
-            repair = self.deploy(f"e2e-repair-{secrets.token_hex(2)}", timeout=300)
-            assert repair.returncode == 0, f"could not repair the stack:\n{repair.stdout}\n{repair.stderr}"
-            self.wait_all_up(timeout=60)
+            docker("image", "rm", *tags, check=False)
 
     def logs(self, *services: str, tail: int = 40) -> str:
         return self.compose("logs", "--tail", str(tail), *services, check=False).stdout
 
+    # -- containers --------------------------------------------------------------------------
+
+    def containers(self, service: str | None = None, all: bool = False) -> list[Container]:
+        """The service's containers (running and paused; `all`: stopped ones too), oldest first."""
+        found: list[Container] = []
+        for name in (service,) if service else self.services:
+            ids = self.compose("ps", "-q", *(["-a"] if all else []), name).stdout.split()
+            found += self.inspect(ids, name)
+        return sorted(found, key=lambda c: c.created)
+
+    def inspect(self, ids: list[str], service: str) -> list[Container]:
+        if not ids:
+            return []
+        template = ("{{.Id}} {{.Name}} {{.Created}} {{.State.Status}} "
+                    "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}")
+        rows = []
+        for line in docker("inspect", "--format", template, *ids).stdout.splitlines():
+            cid, name, created, state, *ips = line.split()
+            rows.append(Container(cid, name.lstrip("/"), service, f"{ips[0] if ips else '?'}:{APP_PORT}",
+                                  created, state))
+        return rows
+
+    def container_ids(self, service: str | None = None, all: bool = True) -> set[str]:
+        return {c.id for c in self.containers(service, all=all)}
+
+    def exec(self, container: Container | str, *command: str, input: str | None = None,
+             user: str | None = None) -> str:
+        name = container.name if isinstance(container, Container) else container
+        return docker("exec", "-i", *(["-u", user] if user else []), name, *command,
+                      input=input, timeout=60).stdout
+
+    def version_of(self, container: Container) -> str:
+        """What the app in the container answers on /version ('?' if it does not)."""
+        answer = docker("exec", container.name, "python", "-c",
+                        "import json, urllib.request as u; print(json.load(u.build_opener("
+                        "u.ProxyHandler({})).open('http://127.0.0.1:8000/version', timeout=2))"
+                        "['version'])", check=False)
+        return answer.stdout.strip() if answer.returncode == 0 else "?"
+
+    def versions(self, service: str | None = None) -> dict[str, str]:
+        return {c.name: self.version_of(c) for c in self.containers(service)}
+
+    # -- HAProxy ----------------------------------------------------------------------------
+
+    def stats_rows(self) -> list[dict[str, str]]:
+        """Every row of the published stats CSV (frontends and backends too), as dicts."""
+        text = httpx.get(self.stats_url, timeout=3).text
+        header, _, body = text.partition("\n")
+        return list(csv.DictReader(io.StringIO(body), fieldnames=header[2:].split(",")))
+
+    def rows(self, backend: str | None = None) -> list[ServerStat]:
+        text = httpx.get(self.stats_url, timeout=3).text
+        return [r for r in parse_stat_csv(text) if backend is None or r.backend == backend]
+
+    def status_by_address(self, backend: str = "app") -> dict[str, str]:
+        """HAProxy's status per server address (rows of empty slots left out)."""
+        found: dict[str, str] = {}
+        for row in self.rows(backend):
+            if row.addr:
+                assert row.addr not in found, f"two rows with address {row.addr}: {self.rows(backend)}"
+                found[row.addr] = row.status
+        return found
+
+    def wait_up(self, count: int, service: str = "app", timeout: float = 60) -> list[Container]:
+        """Until the service has `count` running containers and HAProxy has each UP (by address),
+        with no other row of the backend holding an address."""
+        deadline = time.monotonic() + timeout
+        seen: object = None
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                containers = self.containers(service)
+                statuses = self.status_by_address(service)
+                seen = (sorted(c.address for c in containers), statuses)
+                if (len(containers) == count and all(c.state == "running" for c in containers)
+                        and statuses == {c.address: "UP" for c in containers}):
+                    return containers
+            time.sleep(0.2)
+        raise AssertionError(f"not {count} containers of {service} UP within {timeout}s: {seen}")
+
+    def haproxy_command(self, line: str) -> str:
+        """A Runtime API command as an operator sends it: inside the haproxy container."""
+        return self.engine.haproxy_command(line)
+
+    def answered_by(self, count: int = 30) -> tuple[set[str], set[str]]:
+        """(instances, versions) that answered `count` sequential GETs on the frontend."""
+        with httpx.Client(base_url=self.url, timeout=5) as client:
+            answers = [client.get("/cms").json() for _ in range(count)]
+        return {a["instance"] for a in answers}, {a["version"] for a in answers}
+
+    # -- repair between tests ----------------------------------------------------------------
+
+    def ensure(self, count: int = 3, service: str = "app") -> list[Container]:
+        """`count` containers of the service UP on the stack's version; a test that failed
+        half-way (paused or broken containers, a different scale) is repaired first."""
+        try:
+            return self.wait_up(count, service, timeout=10)
+        except AssertionError:
+            pass
+        for container in self.containers(service, all=True):
+            if container.state == "paused":
+                docker("unpause", container.name, check=False)
+        with contextlib.suppress(AssertionError):
+            return self.wait_up(count, service, timeout=10)
+        statuses = self.status_by_address(service)
+        for container in self.containers(service, all=True):  # broken, stopped: not ours to keep
+            if statuses.get(container.address) != "UP":
+                print(f"repair: removing {container.name} ({container.state}, "
+                      f"{statuses.get(container.address, 'no row')})")
+                docker("rm", "-f", container.name, check=False)
+        self.compose("up", "-d", "--wait", "--scale", f"{service}={count}", timeout=UP_TIMEOUT_S)
+        return self.wait_up(count, service, timeout=60)
+
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[ComposeStack]:
+    """docker-compose.yml, 3 containers of app, for the whole module."""
     require_docker()
     compose = ComposeStack()
     try:
@@ -222,5 +441,187 @@ def stack() -> Iterator[ComposeStack]:
 
 @pytest.fixture
 def healthy_stack(stack: ComposeStack) -> ComposeStack:
-    stack.ensure_healthy()
+    """Before each test: 3 containers, all UP in HAProxy."""
+    stack.ensure(3)
     return stack
+
+
+# -- probes from inside an app container --------------------------------------------------------
+
+# Runs in an app container (python3, stdlib only): connects to every target and sends every
+# payload, then reports what came back. Nothing here needs more than the container's own rights.
+PROBE_SCRIPT = r"""
+import json, os, socket, stat, sys
+plan = json.loads(sys.stdin.read())
+
+def talk(family, address, data):
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.settimeout(plan["timeout"])
+    try:
+        sock.connect(address)
+    except OSError as exc:
+        sock.close()
+        return {"connected": False, "error": f"{type(exc).__name__}: {exc}"}
+    sent, reply, end = True, b"", "closed"
+    try:
+        sock.sendall(data.encode("latin-1"))
+        sock.shutdown(socket.SHUT_WR)
+    except OSError as exc:
+        sent = f"{type(exc).__name__}"
+    try:
+        while len(reply) < 65536:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    except TimeoutError:
+        end = "timeout"
+    except OSError as exc:
+        end = type(exc).__name__
+    sock.close()
+    return {"connected": True, "sent": sent, "reply": reply.decode("latin-1")[:4000], "end": end}
+
+unix = set()
+with open("/proc/net/unix") as table:
+    for line in table.read().splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 8:
+            unix.add(fields[7])
+for root, dirs, files in os.walk("/"):
+    if root == "/":
+        dirs[:] = [d for d in dirs if d not in ("proc", "sys")]
+    for name in files:
+        path = os.path.join(root, name)
+        try:
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                unix.add(path)
+        except OSError:
+            pass
+
+results = []
+for host, port in plan["tcp"]:
+    for payload in plan["payloads"]:
+        results.append({"target": f"{host}:{port}", "payload": payload,
+                        **talk(socket.AF_INET, (host, port), payload)})
+for path in sorted(unix):
+    address = "\0" + path[1:] if path.startswith("@") else path
+    for payload in plan["payloads"]:
+        results.append({"target": f"unix:{path}", "payload": payload,
+                        **talk(socket.AF_UNIX, address, payload)})
+print(json.dumps({"uid": os.getuid(), "unix": sorted(unix), "results": results}))
+"""
+
+
+def probe_from(stack: ComposeStack, container: Container, tcp: list[tuple[str, int]],
+               payloads: list[str], timeout: float = 2.0) -> dict[str, object]:
+    plan = {"tcp": tcp, "payloads": payloads, "timeout": timeout}
+    out = stack.exec(container, "python", "-c", PROBE_SCRIPT, input=json.dumps(plan))
+    return dict(json.loads(out))
+
+
+def cli_answered(reply: str) -> bool:
+    """Whether a reply came from HAProxy's Runtime API (any level), not from an HTTP listener.
+
+    A CLI answers a command with plain text lines (`show info`: "Name: HAProxy", "Pid: ...";
+    a refused one: "Permission denied", "Unknown command"); an HTTP listener answers HTTP or
+    closes. An HTTP answer that is an admin action's success (the stats page's `st=DONE`)
+    counts too."""
+    if reply.startswith("HTTP/1."):
+        return "st=DONE" in reply or "st=PART" in reply
+    return reply.strip() != "" or reply == "\n"
+
+
+def listening_ports(stack: ComposeStack, service: str = "haproxy") -> dict[int, str]:
+    """TCP ports a container listens on (port -> local address as hex), from its /proc/net/tcp{,6}."""
+    ports: dict[int, str] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        text = stack.compose("exec", "-T", service, "cat", table).stdout
+        for line in text.splitlines()[1:]:
+            fields = line.split()
+            if len(fields) > 3 and fields[3] == "0A":  # LISTEN
+                address, _, port = fields[1].rpartition(":")
+                ports[int(port, 16)] = address
+    return ports
+
+
+def hex_ipv4(address: str) -> str:
+    """/proc/net/tcp's little-endian hex address as dotted quad."""
+    return ".".join(str(int(address[i:i + 2], 16)) for i in (6, 4, 2, 0)) if len(address) == 8 else address
+
+
+class StateWatch:
+    """Every server's and frontend's status and weight, sampled every 20 ms from the stats CSV,
+    and HAProxy's own log lines over the same time: a change that an agent's next `ready`
+    undoes within 100 ms is still seen."""
+
+    CHANGES = ("maintenance", "administratively", "changed its weight", "changed its IP",
+               "stopped", "Stopping", "is going DOWN", "enters drain", "Proxy web")
+
+    def __init__(self, stack: ComposeStack) -> None:
+        self.stack = stack
+        self.samples: list[dict[tuple[str, str], tuple[str, str]]] = []
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.since = ""
+
+    def snapshot(self) -> dict[tuple[str, str], tuple[str, str]]:
+        return {(r["pxname"], r["svname"]): (r["status"], r["weight"]) for r in self.stack.stats_rows()}
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            with contextlib.suppress(httpx.HTTPError):
+                self.samples.append(self.snapshot())
+            time.sleep(0.02)
+
+    def __enter__(self) -> StateWatch:
+        self.since = docker("info", "--format", "{{json .SystemTime}}").stdout.strip().strip('"')
+        self.samples.append(self.snapshot())
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        time.sleep(0.3)  # an agent-check period and a bit: a change would show by now
+        self.stop_event.set()
+        self.thread.join(timeout=5)
+        self.samples.append(self.snapshot())
+
+    def changes(self) -> list[str]:
+        first = self.samples[0]
+        seen = [f"{key}: {first.get(key)} -> {value}" for sample in self.samples[1:]
+                for key, value in sample.items() if first.get(key) != value]
+        return sorted(set(seen))
+
+    def log_lines(self) -> list[str]:
+        container = self.stack.compose("ps", "-q", "haproxy").stdout.strip()
+        logs = docker("logs", "--since", self.since, container, check=False)
+        return [line for line in (logs.stdout + logs.stderr).splitlines()
+                if any(word in line for word in self.CHANGES)]
+
+
+class UpCount:
+    """How many servers of a backend HAProxy has UP, sampled every 50 ms inside the `with`."""
+
+    def __init__(self, stack: ComposeStack, backend: str = "app") -> None:
+        self.stack = stack
+        self.backend = backend
+        self.counts: list[int] = []
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            with contextlib.suppress(httpx.HTTPError):
+                self.counts.append(sum(r.status == "UP" for r in self.stack.rows(self.backend)))
+            time.sleep(0.05)
+
+    def __enter__(self) -> UpCount:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=5)
+
+    @property
+    def low(self) -> int:
+        return min(self.counts)

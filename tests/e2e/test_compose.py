@@ -1,162 +1,368 @@
-"""The `docker compose up` demo on a real Docker engine: round-robin, the agent as PID 1,
-deploy.sh under load with zero failed requests and no SIGKILL, `docker compose restart`,
-and a release that never gets ready halting the deploy while the others keep serving.
+"""The `docker compose up` demo on a real Docker engine: one scaled service, `app`, behind
+`server-template` slots that Docker's DNS fills; each container found in HAProxy by its address.
 
-One stack for the module (tests/e2e/conftest.py); each test first makes sure all three
-servers are UP, so a test that failed half-way does not take the next one down with it.
-Run: .venv/bin/pytest -m docker tests/e2e -s   (about 3 minutes on 2 cores)
+Under the strict load checker (deploy.check.loadcheck.run_load: nothing is ever re-sent, every
+failure counts): deploy.sh (surge, --stop-first, no version = redeploy), a 6-container stack
+made by `--scale app=6` with no file edited, `rollout --engine docker restart --version`, a
+release HAProxy cannot reach halting both tools, the others-UP guard of both tools, and an
+HAProxy reload. Controls: the UP count drops by one under --stop-first (so the surge's "never
+below N" is measured, not assumed), and a plain HAProxy restart does fail requests.
+
+One stack for the module (tests/e2e/conftest.py); each test first makes sure 3 containers are
+UP, so a test that failed half-way does not take the next one down with it.
+Run: .venv/bin/pytest -m docker tests/e2e -s
 """
 
 from __future__ import annotations
 
-import json
+import re
 import subprocess
+import time
 from collections import Counter
-from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
 
-from deploy.check.loadcheck import LoadResult
-from tests.conftest import load_during as shared_load_during
-from tests.e2e.conftest import APPS, REPO, ComposeStack, DockerEvents
+from tests.e2e.conftest import (
+    ComposeStack,
+    Container,
+    DockerEvents,
+    UpCount,
+    assert_no_failures,
+    docker,
+    last_versions,
+    load_during,
+)
 
 pytestmark = pytest.mark.docker
 
 
-def load_during(stack: ComposeStack, action: Callable[[], object], requests: int = 20_000,
-                start_after_s: float = 2.0) -> tuple[LoadResult, object]:
-    """The shared strict load (tests.conftest.load_during) on this stack's frontend, reported."""
-    result, outcome = shared_load_during(stack.url, action, requests, start_after_s, slow_ms=200)
-    print(f"\nload: {result.total} requests in {result.elapsed_s:.1f}s, {result.failed} failed "
-          f"{dict(result.failures)}, p50 {result.percentile(50):.1f} ms, "
-          f"p99 {result.percentile(99):.1f} ms, max {max(result.latencies_ms, default=0):.0f} ms; "
-          f"versions {dict(result.versions)}")
-    return result, outcome
+def ps_order(stack: ComposeStack) -> list[str]:
+    """The container ids in the order deploy.sh replaces them (`docker compose ps -q app`)."""
+    return stack.compose("ps", "-q", "app").stdout.split()
 
 
-def test_up_round_robin_agent_is_pid1_and_locked_down(healthy_stack: ComposeStack) -> None:
+def assert_replaced(stack: ComposeStack, old: list[Container], version: str, count: int = 3) -> list[Container]:
+    """`count` new containers (none of the old ones), each UP in HAProxy and on `version`, and the
+    frontend answered by exactly them."""
+    new = stack.wait_up(count, timeout=30)
+    assert not {c.id for c in new} & {c.id for c in old}, "an old container survived"
+    assert {c.id for c in stack.containers(all=True)} == {c.id for c in new}, "leftover containers"
+    assert set(stack.versions().values()) == {version}
+    instances, versions = stack.answered_by(10 * count)
+    assert versions == {version}
+    assert instances == {c.short for c in new}
+    return new
+
+
+def test_up_three_containers_found_by_address_round_robin_locked_down(healthy_stack: ComposeStack) -> None:
     stack = healthy_stack
-    assert stack.servers() == dict.fromkeys(APPS, "UP")
+    containers = stack.containers()
+    assert len(containers) == 3
+    # Ten slots: one per container (its address), the other seven empty until a scale-up.
+    rows = stack.rows("app")
+    assert [r.server for r in rows] == [f"app{i}" for i in range(1, 11)]
+    assert stack.status_by_address() == {c.address: "UP" for c in containers}
+    assert Counter(r.status for r in rows if not r.addr) == {"MAINT (resolution)": 7}
 
     with httpx.Client(base_url=stack.url, timeout=5) as client:
         answers = [client.get("/cms").json() for _ in range(30)]
     order = [a["instance"] for a in answers]
-    assert Counter(order) == dict.fromkeys(APPS, 10), order
-    # Round-robin: every three consecutive answers come from three different containers.
-    assert all(len(set(order[i:i + 3])) == 3 for i in range(0, 30, 3)), order
-    assert {a["version"] for a in answers} == {stack.env["SERVICE_VERSION"]}
+    assert Counter(order) == dict.fromkeys((c.short for c in containers), 10), order
+    assert all(len(set(order[i:i + 3])) == 3 for i in range(0, 30, 3)), order  # round-robin
+    assert {a["version"] for a in answers} == {stack.version}
 
-    for app in APPS:
-        cmdline = stack.exec(app, "cat", "/proc/1/cmdline").split("\0")
+    for container in containers:
+        cmdline = stack.exec(container, "cat", "/proc/1/cmdline").split("\0")
         assert "/drain-agent" in cmdline[1] and cmdline[2:5] == ["python", "-m", "service"], cmdline
-        assert stack.exec(app, "id", "-u").strip() == "10001"
+        assert stack.exec(container, "id", "-u").strip() == "10001"
 
-    # The Runtime API is on the compose network only; stats and frontend on loopback.
+    # Published: the frontend and the stats page, on loopback; the Runtime API is not.
     assert stack.compose("port", "haproxy", "9999", check=False).stdout.strip() in ("", ":0")
     assert stack.compose("port", "haproxy", "8404").stdout.strip() == f"127.0.0.1:{stack.stats_port}"
     assert stack.compose("port", "haproxy", "8785").stdout.strip() == f"127.0.0.1:{stack.port}"
-    for service in ("haproxy", *APPS):
-        host = json.loads(subprocess.run(
-            ["docker", "inspect", "--format", "{{json .HostConfig}}", stack.container_id(service)],
-            capture_output=True, text=True, check=True, timeout=30).stdout)
-        assert host["ReadonlyRootfs"] is True, service
-        assert host["CapDrop"] == ["ALL"], service
-        assert "no-new-privileges:true" in host["SecurityOpt"], service
+    haproxy = stack.compose("ps", "-q", "haproxy").stdout.strip()
+    for name in (haproxy, *(c.name for c in containers)):
+        host = docker("inspect", "--format",
+                      "{{.HostConfig.ReadonlyRootfs}} {{json .HostConfig.CapDrop}} "
+                      "{{json .HostConfig.SecurityOpt}}", name).stdout
+        assert host.split() == ["true", '["ALL"]', '["no-new-privileges:true"]'], (name, host)
 
-    # The rollout CLI's docker engine sees the same stack.
-    status = subprocess.run([str(REPO / ".venv" / "bin" / "rollout"), "--engine", "docker", "status"],
-                            capture_output=True, text=True, env=stack.env, cwd=REPO, timeout=60,
-                            check=False)
+    # `rollout --engine docker status` sees the same containers, by name, UP, with their version.
+    status = stack.rollout("status")
     assert status.returncode == 0, status.stderr
-    for app in APPS:
-        assert any(line.split()[:2] == [app, "UP"] and stack.env["SERVICE_VERSION"] in line
+    for container in containers:
+        assert any(line.split()[:2] == [container.name, "UP"] and line.split()[-1] == stack.version
                    for line in status.stdout.splitlines()), status.stdout
 
 
-def test_deploy_sh_under_load_zero_failures_no_sigkill(healthy_stack: ComposeStack) -> None:
+def test_deploy_sh_without_a_version_redeploys_the_running_one(healthy_stack: ComposeStack) -> None:
     stack = healthy_stack
-    old_ids = {app: stack.container_id(app) for app in APPS}
+    old = stack.containers()
     events = DockerEvents(stack.project).start()
     try:
-        result, deploy = load_during(stack, lambda: stack.deploy("e2e-v2"))
+        with UpCount(stack) as up:
+            result, deploy = load_during(stack.url, lambda: stack.deploy(), requests=10_000)
     finally:
         events.stop()
     assert isinstance(deploy, subprocess.CompletedProcess)
-    print(deploy.stdout)
     assert deploy.returncode == 0, f"{deploy.stdout}\n{deploy.stderr}\n{stack.logs()}"
-    assert "[app3] UP on e2e-v2" in deploy.stdout
-
-    assert result.total >= 20_000
-    assert result.failed == 0, result.failures
-    assert set(result.kinds) == {"get", "get-slow", "post"}
-    assert set(result.versions) == {"e2e-v1", "e2e-v2"}, result.versions
-
-    for app in APPS:
-        assert stack.container_id(app) not in ("", old_ids[app]), f"{app} was not recreated"
-        assert stack.version(app) == "e2e-v2"
-    assert stack.servers() == dict.fromkeys(APPS, "UP")
-    # Every old container got SIGTERM only and exited 0: the agent drained and the app
-    # stopped on its own, long before Docker's SIGKILL (stop_grace_period).
-    for app, container in old_ids.items():
-        kills = events.of(container, "kill")
-        assert kills and {k.get("signal") for k in kills} == {"15"}, (app, kills)
-        dies = events.of(container, "die")
-        assert [d.get("exitCode") for d in dies] == ["0"], (app, dies)
+    assert f"no version given: redeploying the running one, {stack.version}" in deploy.stdout
+    assert "replacing 3 containers (surge)" in deploy.stdout
+    assert_no_failures(result, 10_000)
+    assert set(result.versions) == {stack.version}
+    assert_replaced(stack, old, stack.version)
+    events.assert_clean_stops([c.id for c in old])
+    print(f"UP servers during the surge deploy: min {up.low}, samples {len(up.counts)}")
+    assert up.low >= 3  # surge: the new one is UP before the old one drains
 
 
-def test_compose_restart_under_load_zero_failures(healthy_stack: ComposeStack) -> None:
+def test_scale_to_six_with_no_file_edited_then_deploy_sh_under_heavy_load(healthy_stack: ComposeStack) -> None:
     stack = healthy_stack
-    container = stack.container_id("app2")
+    first = stack.containers()
+    stack.compose("up", "-d", "--wait", "--scale", "app=6", timeout=180)
+    old = stack.wait_up(6, timeout=60)
+    assert {c.id for c in first} <= {c.id for c in old}  # scaling up recreated nothing
+    instances, _ = stack.answered_by(60)
+    assert instances == {c.short for c in old}
+
     events = DockerEvents(stack.project).start()
-
-    def restart_until_back() -> subprocess.CompletedProcess[str]:
-        restarted = stack.compose("restart", "app2", timeout=120)
-        stack.wait_all_up(timeout=30)  # the load also covers app2's way back into rotation
-        return restarted
-
+    began = time.monotonic()
     try:
-        result, restart = load_during(stack, restart_until_back, requests=8_000, start_after_s=1.0)
+        with UpCount(stack) as up:
+            result, deploy = load_during(stack.url, lambda: stack.deploy("e2e-v2"), requests=20_000,
+                                         concurrency=200, post_share=0.2, slow_share=0.1)
+    finally:
+        events.stop()
+    assert isinstance(deploy, subprocess.CompletedProcess)
+    assert deploy.returncode == 0, f"{deploy.stdout}\n{deploy.stderr}\n{stack.logs()}"
+    stack.version = "e2e-v2"
+    print(f"6-container deploy: {time.monotonic() - began:.1f}s with the load's lead-in; "
+          f"UP servers min {up.low}")
+    assert "replacing 6 containers (surge)" in deploy.stdout
+    assert_no_failures(result, 20_000)
+    assert set(result.versions) == {"e2e-v1", "e2e-v2"}, result.versions
+    assert last_versions(result) == {"e2e-v2"}
+    assert up.low >= 6
+    new = assert_replaced(stack, old, "e2e-v2", count=6)
+    assert len(stack.rows("app")) == 10 and len(stack.status_by_address()) == 6
+    events.assert_clean_stops([c.id for c in old])
+
+    # Back to 3 (compose stops 3 of them: each drains first), under load too.
+    result, _ = load_during(stack.url, lambda: stack.compose("up", "-d", "--wait", "--scale", "app=3",
+                                                            timeout=180), requests=5_000)
+    assert_no_failures(result, 5_000)
+    assert {c.id for c in stack.wait_up(3)} < {c.id for c in new}
+
+
+def test_deploy_sh_stop_first_under_load(healthy_stack: ComposeStack) -> None:
+    stack = healthy_stack
+    old = stack.containers()
+    events = DockerEvents(stack.project).start()
+    try:
+        with UpCount(stack) as up:
+            result, deploy = load_during(stack.url, lambda: stack.deploy("e2e-v3", "--stop-first"),
+                                         requests=10_000)
+    finally:
+        events.stop()
+    assert isinstance(deploy, subprocess.CompletedProcess)
+    assert deploy.returncode == 0, f"{deploy.stdout}\n{deploy.stderr}\n{stack.logs()}"
+    stack.version = "e2e-v3"
+    assert "replacing 3 containers (stop-first)" in deploy.stdout
+    assert_no_failures(result, 10_000)
+    assert last_versions(result) == {"e2e-v3"}
+    assert_replaced(stack, old, "e2e-v3")
+    events.assert_clean_stops([c.id for c in old])
+    # The control for the surge tests' "never below N": here one server is out at a time.
+    assert up.low == 2, Counter(up.counts)
+
+
+def test_rollout_restart_to_a_version_under_load(healthy_stack: ComposeStack) -> None:
+    stack = healthy_stack
+    old = stack.containers()
+    events = DockerEvents(stack.project).start()
+    try:
+        with UpCount(stack) as up:
+            result, restart = load_during(
+                stack.url, lambda: stack.rollout("restart", "--version", "e2e-v4"), requests=10_000)
     finally:
         events.stop()
     assert isinstance(restart, subprocess.CompletedProcess)
-    assert result.failed == 0, result.failures
-    assert stack.container_id("app2") == container  # restarted, not recreated
-    assert [d.get("exitCode") for d in events.of(container, "die")] == ["0"]
-    assert len(events.of(container, "start")) == 1
-    assert "/drain-agent" in stack.exec("app2", "cat", "/proc/1/cmdline")
+    assert restart.returncode == 0, f"{restart.stderr}\n{stack.logs()}"
+    stack.version = "e2e-v4"
+    assert "rolling restart done" in restart.stderr
+    assert_no_failures(result, 10_000)
+    assert set(result.versions) == {"e2e-v3", "e2e-v4"}, result.versions
+    assert last_versions(result) == {"e2e-v4"}
+    new = assert_replaced(stack, old, "e2e-v4")
+    for container in new:  # each replacement named in the progress lines, UP before the next
+        assert re.search(rf"\[{re.escape(container.name)}\] ready UP in [0-9.]+s", restart.stderr), container
+    events.assert_clean_stops([c.id for c in old])
+    assert up.low == 2  # stop-first, one at a time
 
 
-def test_release_that_never_gets_ready_halts_the_deploy(healthy_stack: ComposeStack) -> None:
+TOOLS = {
+    "deploy.sh --stop-first": lambda stack, version, env, timeout: stack.deploy(
+        version, "--stop-first", "--timeout", str(timeout), **env),
+    "rollout restart": lambda stack, version, env, timeout: stack.rollout(
+        "restart", "--version", version, "--restart-timeout", str(timeout),
+        *(f"--env={key}={value}" for key, value in env.items())),
+}
+
+
+def first_target(stack: ComposeStack, tool: str) -> Container:
+    """The container the tool stops first: deploy.sh goes by `docker compose ps`, rollout by age."""
+    containers = stack.containers()
+    if tool.startswith("deploy.sh"):
+        first = ps_order(stack)[0]
+        return next(c for c in containers if c.id == first)
+    return containers[0]
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_with_only_one_server_up_both_tools_refuse_to_stop_it(healthy_stack: ComposeStack, tool: str) -> None:
     stack = healthy_stack
-    before = {app: stack.version(app) for app in APPS}
+    before = stack.containers()
+    target = first_target(stack, tool)
+    others = [c for c in before if c.id != target.id]
+    for container in others:  # frozen: HAProxy's checks (and agent-checks) time out
+        docker("pause", container.name)
+    try:
+        deadline = time.monotonic() + 30
+        while stack.status_by_address().get(others[0].address) == "UP" or \
+                stack.status_by_address().get(others[1].address) == "UP":
+            assert time.monotonic() < deadline, stack.status_by_address()
+            time.sleep(0.2)
+        assert stack.status_by_address()[target.address] == "UP"
+
+        run = TOOLS[tool](stack, "e2e-guard", {}, 30)
+
+        assert run.returncode == 1, f"{run.stdout}\n{run.stderr}"
+        if tool.startswith("deploy.sh"):
+            assert f"[{target.short}] no other server is UP in HAProxy" in run.stderr
+            assert "nothing done to " + " ".join(i[:12] for i in ps_order(stack)) in run.stderr
+        else:
+            assert f"[{target.name}] no other server of app is UP in HAProxy" in run.stderr
+            assert "rollout halted; untouched: " + ", ".join(c.name for c in before) in run.stderr
+        # Nothing changed: the same containers (no new one, none stopped), the same version.
+        after = stack.containers(all=True)
+        assert {(c.id, c.state) for c in after} == {(target.id, "running")} | {(c.id, "paused") for c in others}
+        assert stack.version_of(target) == stack.version
+        assert stack.status_by_address()[target.address] == "UP"
+    finally:
+        for container in others:
+            docker("unpause", container.name, check=False)
+    assert {c.id for c in stack.wait_up(3)} == {c.id for c in before}
+
+
+@pytest.mark.parametrize("tool", ["deploy.sh", "rollout restart"])
+def test_a_release_haproxy_cannot_reach_halts_the_deploy(healthy_stack: ComposeStack, tool: str) -> None:
+    """SERVICE_HOST=127.0.0.1: the new app is ready on its own loopback (its agent says ready),
+    but HAProxy's check at the container's address fails, so it never gets UP."""
+    stack = healthy_stack
+    before = stack.containers()
+    order = ps_order(stack)
+    fixed = f"e2e-fix-{tool.split()[0].split('.')[0]}"
     runs: dict[str, subprocess.CompletedProcess[str]] = {}
-    seen: dict[str, dict[str, str]] = {}
+    seen: dict[str, Any] = {}
 
     def bad_then_fixed() -> None:
-        # The app stays 503 on /readyz; its agent gives up after 10 s; deploy.sh after 15 s.
-        runs["bad"] = stack.deploy("e2e-bad", SERVICE_WARMUP_S="100000",
-                                   DRAIN_AGENT_START_TIMEOUT="10", DEPLOY_TIMEOUT="15")
-        seen["servers"] = stack.servers()
-        seen["versions"] = {app: stack.version(app) for app in APPS[1:]}
-        # Fixing forward is just another deploy.
-        runs["fixed"] = stack.deploy("e2e-v3")
+        if tool == "deploy.sh":
+            runs["bad"] = stack.deploy("e2e-bad", SERVICE_HOST="127.0.0.1", DEPLOY_TIMEOUT="12")
+        else:
+            runs["bad"] = stack.rollout("restart", "--version", "e2e-bad", "--env", "SERVICE_HOST=127.0.0.1",
+                                        "--restart-timeout", "12")
+        seen["containers"] = stack.containers(all=True)
+        seen["statuses"] = stack.status_by_address()
+        seen["versions"] = stack.versions()
+        # Fixing forward is just another deploy: the control (the same tool and stack, reachable).
+        runs["fixed"] = stack.deploy(fixed) if tool == "deploy.sh" else stack.rollout("restart", "--version", fixed)
 
-    result, _ = load_during(stack, bad_then_fixed, requests=10_000, start_after_s=1.0)
-
+    result, _ = load_during(stack.url, bad_then_fixed, requests=10_000)
     bad = runs["bad"]
-    print(bad.stdout, bad.stderr)
     assert bad.returncode == 1, f"{bad.stdout}\n{bad.stderr}"
-    assert "[app1] not UP on e2e-bad within 15s" in bad.stderr
-    assert "still on the old version: app2 app3" in bad.stderr
-    assert "[app2]" not in bad.stdout  # it never touched the others
-    servers = seen["servers"]
-    assert servers["app1"] != "UP" and servers["app2"] == servers["app3"] == "UP", servers
-    assert seen["versions"] == {"app2": before["app2"], "app3": before["app3"]}
-
-    fixed = runs["fixed"]
-    assert fixed.returncode == 0, f"{fixed.stdout}\n{fixed.stderr}"
-    assert result.failed == 0, result.failures
+    assert_no_failures(result, 10_000)
     assert "e2e-bad" not in result.versions  # the broken release never got a request
-    assert {app: stack.version(app) for app in APPS} == dict.fromkeys(APPS, "e2e-v3")
-    assert stack.servers() == dict.fromkeys(APPS, "UP")
+
+    containers_after: list[Container] = seen["containers"]
+    statuses: dict[str, str] = seen["statuses"]
+    versions: dict[str, str] = seen["versions"]
+    after = {c.id: c for c in containers_after}
+    if tool == "deploy.sh":
+        # Surge: the new container failed first; all three old ones untouched and listed.
+        assert re.search(r"\[\w{12}\] not UP on e2e-bad within 12s \(HAProxy status: (DOWN|MAINT)",
+                         bad.stderr), bad.stderr
+        broken = re.findall(r"--- last log lines of (\w{12}):", bad.stderr)
+        assert len(broken) == 1 and broken[0] not in {c.short for c in before}, broken
+        assert "event=" in bad.stderr.split("--- last log lines of", 1)[1]  # the agent's own lines
+        assert ("it was removed; deploy halted, still on the old version: "
+                + " ".join(i[:12] for i in order)) in bad.stderr
+        untouched = before
+    else:
+        # Stop-first: the oldest was replaced by the broken one; the other two untouched and listed.
+        untouched = before[1:]
+        assert re.search(r"not ready and UP within 12s \(HAProxy status: (DOWN|MAINT)", bad.stderr), bad.stderr
+        assert "rollout halted; untouched: " + ", ".join(c.name for c in untouched) in bad.stderr
+        assert "event=" in bad.stderr.split("last log lines of ", 1)[1]  # the agent's own lines
+        assert before[0].id not in after
+    for container in untouched:
+        assert after[container.id].state == "running", container
+        assert statuses[container.address] == "UP", (container, statuses)
+        assert versions[container.name] == stack.version, versions
+    leftover = [c for c in containers_after if c.id not in {b.id for b in before}]
+    assert not any(statuses.get(c.address) == "UP" for c in leftover), (leftover, statuses)
+
+    fixed_run = runs["fixed"]
+    assert fixed_run.returncode == 0, f"{fixed_run.stdout}\n{fixed_run.stderr}"
+    stack.version = fixed
+    assert set(stack.versions().values()) == {fixed}
+    assert all(status == "UP" for status in stack.status_by_address().values())
+    if leftover:
+        names = ", ".join(f"{c.name} ({c.state}, {statuses.get(c.address, 'no row')})" for c in leftover)
+        pytest.xfail(f"{tool} left the broken replacement behind after halting: {names} "
+                     "(deploy.sh removes it; rollout's rolling strategy does not)")
+
+
+def worker_pid(stack: ComposeStack) -> str:
+    info = stack.haproxy_command("show info")
+    return next(line.split(": ", 1)[1] for line in info.splitlines() if line.startswith("Pid: "))
+
+
+def test_control_a_plain_haproxy_restart_does_fail_requests(healthy_stack: ComposeStack) -> None:
+    """The checker sees what a stop of the front door costs: the reload test below means something."""
+    stack = healthy_stack
+
+    def restart() -> None:
+        stack.compose("restart", "haproxy", timeout=120)
+        stack.wait_up(3, timeout=60)
+
+    result, _ = load_during(stack.url, restart, requests=4_000)
+    assert result.failed > 0, "a HAProxy restart under load failed nothing: is the checker blind?"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "haproxy.cfg/servers-dns.cfg: after a master-worker reload the new worker starts with every "
+    "server-template slot empty (init-addr none) and answers 503 <NOSRV> until its first DNS "
+    "resolution (tens of ms); see the e2e report"))
+def test_haproxy_reload_usr2_under_load(healthy_stack: ComposeStack) -> None:
+    """The official image's reload (master-worker, SIGUSR2 to PID 1): the old worker finishes
+    what it has (idle-close-on-response, hard-stop-after), the new one takes new connections."""
+    stack = healthy_stack
+    haproxy = stack.compose("ps", "-q", "haproxy").stdout.strip()
+    pids = [worker_pid(stack)]
+
+    def reloads() -> None:
+        for _ in range(3):
+            stack.compose("kill", "-s", "USR2", "haproxy")
+            deadline = time.monotonic() + 15
+            while worker_pid(stack) == pids[-1]:
+                assert time.monotonic() < deadline, "no new worker after SIGUSR2"
+                time.sleep(0.1)
+            pids.append(worker_pid(stack))
+            time.sleep(1.5)
+
+    result, _ = load_during(stack.url, reloads, requests=12_000)
+    assert len(set(pids)) == 4, pids  # three reloads, each a new worker
+    assert stack.compose("ps", "-q", "haproxy").stdout.strip() == haproxy  # reloaded, not restarted
+    assert_no_failures(result, 12_000)

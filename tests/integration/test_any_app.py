@@ -1,0 +1,127 @@
+"""Any app on the local stack (`rollout up --app-command`), and the package installed, not checked out."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from deploy.engines.local import LocalEngine, pid_alive, port_in_use
+from deploy.strategies.rolling import rolling_restart
+from tests.conftest import REPO, free_port, free_port_run, load_during
+
+NODE_EXAMPLE = REPO / "examples" / "node"
+needs_node = pytest.mark.skipif(shutil.which("node") is None and not os.environ.get("CI"),
+                                reason="no node on PATH")
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of live processes that name `text` (a stack's state directory)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and pid_alive(int(proc.name)):
+                line = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                if text in line:
+                    found.append(line)
+        except OSError:
+            continue
+    return found
+
+
+def ports() -> list[str]:
+    return ["--port", str(free_port()), "--stats-port", str(free_port()),
+            "--app-base-port", str(free_port_run(3)), "--agent-base-port", str(free_port_run(3))]
+
+
+@needs_node
+def test_node_app_rolls_with_zero_failed(stack_factory) -> None:  # type: ignore[no-untyped-def]
+    engine: LocalEngine = stack_factory(app_command=f"node {NODE_EXAMPLE / 'server.js'} {{port}}",
+                                        ready_path="/healthz")
+    result, outcome = load_during(engine.frontend_url(), lambda: rolling_restart(engine, "v2", {}, 60, print))
+    assert outcome.error is None  # type: ignore[attr-defined]
+    assert result.failed == 0, result.failures
+    assert result.versions.keys() == {"v1", "v2"} and result.posts_answered
+    assert [engine.version_of(i) for i in engine.instances()] == ["v2", "v2", "v2"]
+
+
+@pytest.mark.parametrize(
+    ("command", "cause"),
+    [
+        ("no-such-program-xyz {port}", "[app1] app command not found: 'no-such-program-xyz'"),
+        (f"{sys.executable} -c 'raise SystemExit(3)'", "[app1] the app exited with code 3 before it was ready"),
+        (f"{sys.executable} -c 'import time; time.sleep(600)'",
+         "app not ready at http://127.0.0.1:"),
+    ],
+)
+def test_a_bad_app_command_is_one_line_and_leaves_nothing_running(tmp_path: Path, command: str, cause: str) -> None:
+    state = tmp_path / "state"
+    flags = ports()
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("rollout")), "--state-dir", str(state), "up", "-d", *flags,
+         "--app-command", command, "--ready-path", "/healthz", "--start-timeout", "2"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    assert done.returncode == 1
+    error = [line for line in done.stderr.splitlines() if line.startswith("rollout: ")]
+    assert len(error) == 1 and cause in error[0], done.stderr
+    assert not processes_mentioning(str(state))
+    used = [int(flags[i + 1]) for i in range(0, len(flags), 2)]
+    assert not [port for port in [*used, used[2] + 1, used[2] + 2] if port_in_use(port)]
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The package installed the way a user installs it: `pip install '<repo>[local]'`, not editable,
+    into a fresh venv (pip's cache makes it quick)."""
+    venv = tmp_path_factory.mktemp("venv")
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", f"{REPO}[local]"],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "PIP_NO_INPUT": "1"})
+    assert pip.returncode == 0, pip.stderr[-2000:]
+    yield venv / "bin"
+
+
+def rollout(bin_dir: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run([str(bin_dir / "rollout"), *args], capture_output=True, text=True, timeout=300,
+                          cwd=cwd, env=env)
+
+
+def test_installed_rollout_works_from_any_directory(installed: Path, tmp_path: Path) -> None:
+    site = next(installed.parent.glob("lib/python*/site-packages"))
+    assert (site / "deploy" / "haproxy" / "haproxy.cfg").is_file()  # the configs ship as package data
+    assert not (site / "__editable__.zero_downtime_haproxy-0.1.0.pth").exists()
+    up = rollout(installed, tmp_path, "up", "-d", *ports())
+    try:
+        assert up.returncode == 0, up.stderr
+        assert f"from {tmp_path / '.rollout'}" in up.stderr  # it says where its state lives
+        check = rollout(installed, tmp_path, "check", "-n", "8000", "-c", "100", "--restart", "--version", "v2")
+        assert check.returncode == 0, check.stderr + check.stdout
+        assert "failed     0" in check.stdout and "each processed exactly once" in check.stdout
+    finally:
+        down = rollout(installed, tmp_path, "down")
+    assert down.returncode == 0, down.stderr
+    assert not processes_mentioning(str(tmp_path))
+
+
+@needs_node
+def test_adopt_it_in_your_service_local_steps(installed: Path, tmp_path: Path) -> None:
+    """README, "Adopt it in your service", the local stack: exactly those steps, on a copy of the
+    Node example (pip install is the `installed` fixture)."""
+    app = tmp_path / "my-service"
+    shutil.copytree(NODE_EXAMPLE, app)
+    up = rollout(installed, app, "up", "-d", "--app-command", "node server.js {port}", "--ready-path", "/healthz",
+                 *ports())
+    try:
+        assert up.returncode == 0, up.stderr
+        check = rollout(installed, app, "check", "--restart")
+        assert check.returncode == 0, check.stderr + check.stdout
+        assert "failed     0" in check.stdout
+    finally:
+        assert rollout(installed, app, "down").returncode == 0
