@@ -154,7 +154,7 @@ class Agent:
         code = await self.stop_app(signal.SIGTERM)
         self.transition(AgentState.EXITED, code=EXIT_START_TIMEOUT)
         raise AgentError(
-            f"{self.config.server_id}: app not ready at {self.config.ready_url} within "
+            f"app not ready at {self.config.ready_url} within "
             f"{self.config.start_timeout_s:g}s (see --start-timeout); app {describe(code)}",
             EXIT_START_TIMEOUT,
         )

@@ -4,10 +4,15 @@
 
 The lines are parsed by agent.events.parse_line, next to the catalogue of their names.
 Per restart: the old agent's stop path (signal.received -> app.signalled, by its t_ms,
-which is monotonic) and the new agent's ready bookkeeping (app.ready -> haproxy.up). HAProxy
+which is monotonic) and the new agent's ready path (app.ready -> back in rotation). HAProxy
 learns each state at its next agent-check (`agent-inter 100ms`), so both include that wait.
 The agent's overhead is the stop path minus what the requests already in flight at the
-SIGTERM still needed, plus the ready bookkeeping. The same lines show where the rest goes.
+SIGTERM still needed, plus the ready path. The same lines show where the rest goes.
+
+Back in rotation: HAProxy routes to a server as soon as it leaves maintenance ('UP 1/2' at
+first), but shows it 'UP', and the agent logs haproxy.up, only after its next passing health
+check. So with a trace the ready path ends at the first request the new process answered;
+without one (no load) at haproxy.up, an upper bound.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ class RestartCost:
     signal_at: float
     stop_path_ms: int  # signal.received -> app.signalled: the drain, as the agent ran it
     drain_ms: int | None  # signal.received -> drain.done
-    ready_ms: int | None  # new agent: app.ready -> haproxy.up
+    ready_ms: float | None  # new agent: app.ready -> back in rotation (first request answered, or haproxy.up)
+    up_ms: int | None  # new agent: app.ready -> haproxy.up (HAProxy's check shows UP)
     in_flight_ms: float | None  # what the requests in flight at the signal still needed, if known
     overhead_ms: float | None  # max(0, stop_path - in_flight) + ready
     # Where the rest of the restart goes (wall clock, ms):
@@ -77,18 +83,21 @@ def restart_costs(text: str, instance: str, since: float, until: float, trace: T
             continue
         new = runs[index + 1] if index + 1 < len(runs) else []
         app_ready, up = _first(new, "app.ready"), _first(new, "haproxy.up")
-        ready_ms = _ms(up, app_ready)
+        up_ms = _ms(up, app_ready)
+        ready_ms: float | None = up_ms
         stop_path_ms = _ms(signalled, received)
         assert stop_path_ms is not None
         in_flight: float | None = 0.0 if idle else None
         if trace is not None:
             in_flight = trace.in_flight_ms(instance, received.at)
+            served = trace.first_sent_ms(instance, app_ready.at) if app_ready else None
+            ready_ms = served if served is not None and (up_ms is None or served < up_ms) else up_ms
         overhead = None
         if in_flight is not None and ready_ms is not None:
             overhead = max(0.0, stop_path_ms - in_flight) + ready_ms
         costs.append(RestartCost(
             instance=instance, signal_at=received.at, stop_path_ms=stop_path_ms,
-            drain_ms=_ms(_first(old, "drain.done"), received), ready_ms=ready_ms,
+            drain_ms=_ms(_first(old, "drain.done"), received), ready_ms=ready_ms, up_ms=up_ms,
             in_flight_ms=in_flight, overhead_ms=overhead,
             app_stop_ms=_ms(old[-1], signalled),
             respawn_ms=_ms(new[0] if new else None, old[-1], same_process=False),

@@ -94,13 +94,18 @@ def strict_row(result: LoadResult, ledger: LedgerCheck | None = None) -> LoadRow
 
 def run_hey(url: str, requests: int, concurrency: int, timeout_s: int = 100) -> LoadRow:
     """`hey -n N -c C -t T URL`, exactly as the original design ran it."""
-    _loopback_only(url)
-    command = ["hey", "-n", str(requests), "-c", str(concurrency), "-t", str(timeout_s), url]
+    return _run(["hey", "-n", str(requests), "-c", str(concurrency), "-t", str(timeout_s), url], timeout_s,
+                parse_hey)
+
+
+def _run(command: list[str], planned_s: float, parse: Callable[[str, float], LoadRow]) -> LoadRow:
+    """Run a load generator on 127.0.0.1, cut off SLACK_S after it planned to end, and read its output."""
+    _loopback_only(command[-1])
     began = time.monotonic()
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s + SLACK_S, check=False)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=planned_s + SLACK_S, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} exited {done.returncode}: {done.stderr[-500:]}")
-    return parse_hey(done.stdout, time.monotonic() - began)
+    return parse(done.stdout, time.monotonic() - began)
 
 
 def parse_hey(text: str, wall_s: float) -> LoadRow:
@@ -135,8 +140,10 @@ def parse_hey(text: str, wall_s: float) -> LoadRow:
 
 
 def _short_error(message: str) -> str:
-    """Go's error text without the URL, e.g. 'EOF' or 'read: connection reset by peer'."""
+    """Go's error text without the URL and the socket's addresses (one cause, not one per source
+    port), e.g. 'EOF' or 'read: connection reset by peer'."""
     message = re.sub(r'^\w+ "[^"]*":\s*', "", message.strip())
+    message = re.sub(r"^\w+ tcp \S+: ", "", message)
     return f"error: {message[:80]}"
 
 
@@ -149,16 +156,9 @@ def run_wrk(
     url: str, threads: int, connections: int, duration_s: int, timeout_s: int | None = None
 ) -> LoadRow:
     """`wrk -tT -cC -dDs --latency [--timeout Ns] URL`."""
-    _loopback_only(url)
-    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration_s}s", "--latency"]
-    if timeout_s is not None:
-        command += ["--timeout", f"{timeout_s}s"]
-    command.append(url)
-    began = time.monotonic()
-    done = subprocess.run(command, capture_output=True, text=True, timeout=duration_s + SLACK_S, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} exited {done.returncode}: {done.stderr[-500:]}")
-    return parse_wrk(done.stdout, time.monotonic() - began)
+    timeout = ["--timeout", f"{timeout_s}s"] if timeout_s is not None else []
+    return _run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration_s}s", "--latency", *timeout, url],
+                duration_s, parse_wrk)
 
 
 def _ms(text: str) -> float:

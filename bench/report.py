@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bench.summary import Record, costs, median, paired, per_run, pick, spread, where
-from bench.targets import loaded_costs, our_deploys, section
+from bench.targets import loaded_costs, our_deploys, section, upper_bounds
 
 KB_PER_MIB = 1024
 
@@ -33,11 +33,16 @@ USUAL_NOTES = """
 """
 
 OVERHEAD_NOTES = """
-- overhead = max(0, stop path - in flight still needed) + ready bookkeeping. 'In flight still needed'
-  is how long after the SIGTERM the last request routed to that instance before the drain ended, from
-  the strict checker's own timestamps. Those are client side: on a saturated 2-vCPU box the client
-  sees a request end late, which makes this figure high and the overhead low; the upper bound
-  subtracts nothing.
+- overhead = max(0, stop path - in flight still needed) + ready path. 'In flight still needed' is how
+  long after the SIGTERM the last request already sent to that instance by then ended, from the strict
+  checker's own timestamps. HAProxy learns of the drain only at its next agent-check (`agent-inter
+  100ms`): what the requests it still sent meanwhile add is overhead. The timestamps are client side:
+  on a saturated 2-vCPU box the client sees a request end late, which makes this figure high and the
+  overhead low; the upper bound subtracts nothing.
+- ready path: app ready -> back in rotation. HAProxy learns 'ready' at its next agent-check and routes
+  to the server as soon as it leaves maintenance ('UP 1/2'); it shows 'UP' (the agent's haproxy.up,
+  and what `rolling_restart` waits for) only after its next passing health check. Under load the path
+  ends at the first request the new process answered; without load at haproxy.up, an upper bound.
 - Without load nothing is in flight: there the whole stop path is overhead.
 """
 
@@ -49,8 +54,9 @@ METHOD = """
   index measures every variant, in a rotated order. Figures are `median (min-max)` over the runs.
 - Deploys run in a separate process (`bench.deployer`), started on cue 2 s after the load starts (1 s
   in section 4), so the load client's CPU use does not slow the deploy's own polling.
-- (c) is the original design's sample script, translated to one backend: per instance `set server
-  app/appN state drain`; `sleep 1`, then `show servers conn app` field 7 (used_cur), until it is 0;
+- (c) is the original design's sample script, translated to one backend and run over the admin socket
+  through `agent.haproxy.RuntimeAPI`: per instance `set server app/appN state drain`; `sleep 1`, then the
+  server's current sessions (`show stat` scur; the script reads `show servers conn` used_cur) until 0;
   restart by supervisor; `show stat` status every 1 s until UP (DRAIN counts: a drained server that
   passes its checks shows DRAIN); `set server ... state ready`; `sleep 1`.
 - The strict checker (`deploy.check.loadcheck`) sends GETs, slow GETs and POSTs with a unique id, never
@@ -273,10 +279,8 @@ def respawn_split(record: Record) -> list[tuple[float, float]]:
 
 
 def cost_rows(label: str, found: Sequence[Record]) -> tuple[object, ...]:
-    with_ready = [c for c in found if c.get("ready_ms") is not None]
     return (label, len(found), spread(pick(found, "stop_path_ms")), spread(pick(found, "in_flight_ms")),
-            spread(pick(found, "ready_ms")), spread(pick(found, "overhead_ms")),
-            spread([c["stop_path_ms"] + c["ready_ms"] for c in with_ready]))
+            spread(pick(found, "ready_ms")), spread(pick(found, "overhead_ms")), spread(upper_bounds(found)))
 
 
 def agent_part(data: dict[str, Any], results: dict[str, Any]) -> list[str]:
@@ -291,8 +295,8 @@ def agent_part(data: dict[str, Any], results: dict[str, Any]) -> list[str]:
     rows.append(cost_rows("**all traced restarts under load**", loaded_costs(results)))
     rows.append(cost_rows("no load (3 instances)", costs(data.get("idle", []))))
     lines += table(["deploys", "restarts", "stop path (SIGTERM -> app signalled)", "in flight still needed",
-                    "ready bookkeeping (app ready -> UP)", "**overhead**", "upper bound (stop path + ready)"],
-                   rows)
+                    "ready path (app ready -> back in rotation)", "**overhead**",
+                    "upper bound (stop path + ready path)"], rows)
     lines += prose(OVERHEAD_NOTES)
     loaded = [c for _, record in our_deploys(results) for c in record.get("agent_costs") or []]
     idle = costs(data.get("idle", []))
@@ -300,7 +304,8 @@ def agent_part(data: dict[str, Any], results: dict[str, Any]) -> list[str]:
               ("app signalled -> app exited, server in maint", "app_stop_ms"),
               ("old agent gone -> new agent's first line (supervisor, interpreter, imports)", "respawn_ms"),
               ("app started -> app ready (app start, readiness polling)", "app_start_ms"),
-              ("app ready -> HAProxy UP (agent)", "ready_ms")]
+              ("app ready -> back in rotation (agent-check; no load: HAProxy UP)", "ready_ms"),
+              ("app ready -> HAProxy's check shows UP (haproxy.up)", "up_ms")]
     lines += ["### Where a restart's time goes (ms, from the agents' log lines)", ""]
     rows = [(name, spread(pick(loaded, key)), spread(pick(idle, key))) for name, key in phases]
     split_loaded = [split for _, record in our_deploys(results) for split in respawn_split(record)]

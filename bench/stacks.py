@@ -17,7 +17,7 @@ import signal
 import tempfile
 import time
 import xmlrpc.client
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any
 
@@ -46,10 +46,6 @@ class StackSpec:
     middleware: bool = True
     options: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def instances(self) -> int:
-        return int(self.options.get("instances", LocalStack.instances))
-
 
 def free_port_run(count: int) -> int:
     """A base port with `count` consecutive free loopback ports, none handed out before."""
@@ -64,13 +60,17 @@ def free_port_run(count: int) -> int:
 
 
 def backend_counters(engine: LocalEngine) -> dict[str, int]:
-    """The `app` backend's error and retry counters: its BACKEND row of `show stat` (type 2).
+    """The `app` backend's error and retry counters, from its BACKEND row of `show stat` (type 2)."""
+    return parse_backend_counters(engine.haproxy_command(f"show stat {BACKEND} 2 -1"))
 
-    agent.haproxy's parser keeps server rows only; this reads the one other row the bench needs."""
-    header, row, *_ = engine.haproxy_command(f"show stat {BACKEND} 2 -1").split("\n")
-    values = dict(zip(header.removeprefix("# ").split(","), next(csv.reader([row])), strict=False))
+
+def parse_backend_counters(reply: str) -> dict[str, int]:
+    """agent.haproxy's parser keeps server rows only; this reads the one other row the bench needs."""
+    header, _, rows = reply.partition("\n")
+    row = rows.partition("\n")[0]
+    values = dict(zip(header.removeprefix("# ").split(","), next(csv.reader([row]), []), strict=False))
     if values.get("svname") != "BACKEND":
-        raise RolloutError(f"HAProxy's `show stat` has no {BACKEND}/BACKEND row: {row[:120]!r}")
+        raise RolloutError(f"`show stat {BACKEND} 2 -1` has no BACKEND row: {reply[:120]!r}")
     return {name: int(values.get(name) or 0) for name in COUNTERS}
 
 
@@ -176,13 +176,13 @@ class Stacks:
 
     def _up(self, spec: StackSpec) -> LocalEngine:
         plain: dict[str, Any] = {"app_command": PLAIN_SERVICE, "app_dir": str(REPO_ROOT)}
-        options = spec.options if spec.middleware else plain | spec.options
+        stack = LocalStack(state_dir=tempfile.mkdtemp(prefix="zdh-bench-"),
+                           **(spec.options if spec.middleware else plain | spec.options))
+        slots = len(LocalEngine(stack).slots())  # every port an instance may run on (spares too)
         for attempt in range(3):
-            base = free_port_run(2 * spec.instances + 2)
-            engine = LocalEngine(LocalStack(
-                state_dir=tempfile.mkdtemp(prefix="zdh-bench-"), port=base, stats_port=base + 1,
-                app_base_port=base + 2, agent_base_port=base + 2 + spec.instances, **options,
-            ))
+            base = free_port_run(2 + 2 * slots)
+            engine = LocalEngine(replace(stack, port=base, stats_port=base + 1, app_base_port=base + 2,
+                                         agent_base_port=base + 2 + slots))
             self.engines.append(engine)
             try:
                 engine.up()

@@ -102,7 +102,7 @@ class SampleScript:
                 if count == 0 or time.monotonic() > deadline:
                     break
             note(timing, instance.name, "restart", f"scur {count}")
-            self.engine.restart(instance, version, {})
+            self.engine.replace([instance], version, {})
             while (status := self.stat(instance.name).admin_state) not in ("ready", "drain"):
                 if time.monotonic() > deadline:
                     timing.error = f"{instance.name} not UP within {self.timeout_s:g}s ({status})"

@@ -131,6 +131,12 @@ def add_restart_options(parser: argparse.ArgumentParser) -> None:
                         help="extra environment for the new instances (repeatable)")
     parser.add_argument("--restart-timeout", type=float, default=RESTART_TIMEOUT_S,
                         help=f"per instance: max wait for ready + UP (default {RESTART_TIMEOUT_S:g} s)")
+    parser.add_argument("--surge", action="store_true",
+                        help="start each new instance (in a spare slot / one more container) and "
+                             "wait until it is UP before the old one drains: capacity never drops")
+    parser.add_argument("--max-unavailable", default="1", metavar="K",
+                        help="replace K instances at a time, a count or a share such as 25%% "
+                             "(default 1); with --surge, K new ones start before K old ones drain")
 
 
 def parse_env(pairs: Sequence[str]) -> dict[str, str]:
@@ -273,7 +279,8 @@ def cmd_status(engine: Engine) -> int:
 def cmd_restart(engine: Engine, args: argparse.Namespace) -> int:
     env = parse_env(args.env)
     began = time.monotonic()
-    result = rolling_restart(engine, args.version, env, args.restart_timeout, print_event)
+    result = rolling_restart(engine, args.version, env, args.restart_timeout, print_event,
+                             surge=args.surge, max_unavailable=args.max_unavailable)
     if result.error:
         raise RolloutError(result.error)
     say(f"rolling restart done in {time.monotonic() - began:.1f}s")
@@ -320,7 +327,8 @@ def cmd_check(engine: Engine, args: argparse.Namespace) -> int:
         try:
             time.sleep(args.restart_after)
             say(f"rolling restart to {args.version or 'the same version'} begins")
-            restart = rolling_restart(engine, args.version, env, args.restart_timeout, print_event)
+            restart = rolling_restart(engine, args.version, env, args.restart_timeout, print_event,
+                                      surge=args.surge, max_unavailable=args.max_unavailable)
         except RolloutError as exc:
             restart = RestartResult(error=str(exc))
         finally:

@@ -198,7 +198,7 @@ def haproxy(procs: Processes, tmp_path: Path) -> HAProxy:
 def make_stack(tmp_path: Path, **options: object) -> LocalEngine:
     stack = LocalStack(
         state_dir=str(tmp_path / "stack"), port=free_port(), stats_port=free_port(),
-        app_base_port=free_port_run(count := 4 if options.get("blue_green") else int(options.get("instances", 3))),  # type: ignore[call-overload]
+        app_base_port=free_port_run(count := 4 if options.get("blue_green") else 2 * int(options.get("instances", 3))),  # type: ignore[call-overload]
         agent_base_port=free_port_run(count),
         **options,  # type: ignore[arg-type]
     )

@@ -84,11 +84,20 @@ class Engine(Protocol):
 
     def frontend_url(self) -> str: ...
 
-    def restart(self, instance: Instance, version: str | None, env: Mapping[str, str]) -> Instance:
-        """Stop the instance (SIGTERM: its agent drains it; then SIGKILL after the grace
-        period) and start its replacement, with a new version and extra environment when
-        given. Returns the replacement (a container gets a new name and address) once it
-        was started; it may not be ready yet."""
+    def replace(
+        self, instances: list[Instance], version: str | None, env: Mapping[str, str]
+    ) -> list[Instance]:
+        """Stop-first: stop the instances together (SIGTERM: each agent drains its server; then
+        SIGKILL after the grace period) and start their replacements, with a new version and
+        extra environment when given. Returns the replacements (a container gets a new name
+        and address) once started; they may not be ready yet."""
+
+    def add(self, instances: list[Instance], version: str | None, env: Mapping[str, str]) -> list[Instance]:
+        """Surge: one new instance beside each of `instances`, in its backend (a spare slot, one
+        more container); returns them once started, maybe not ready yet."""
+
+    def retire(self, instances: list[Instance]) -> None:
+        """Stop the instances together, each draining first, and wait until all are gone."""
 
     def prepare(self, version: str | None, env: Mapping[str, str]) -> None:
         """Before any restart: whatever a new version needs (the docker engine builds its image),

@@ -180,21 +180,41 @@ class DockerEngine:
                 self.run("build", service, env={**env, variable: new_version}, timeout_s=UP_TIMEOUT_S)
                 self._built.add((variable, new_version))
 
-    def restart(self, instance: Instance, version: str | None, env: Mapping[str, str]) -> Instance:
-        service = instance.backend if self.blue_green else SERVICE
-        variable = self.version_variable(service)
-        new_version = version or self.configured_version(instance) or self.env.get(variable) or "v1"
-        self.prepare(new_version, env)
-        docker("stop", "--time", str(int(STOP_GRACE_S)), instance.name, timeout_s=RECREATE_TIMEOUT_S)
-        docker("rm", instance.name)
-        before = set(self.run("ps", "-q", service).split())
-        self.run("up", "-d", "--no-deps", "--no-recreate", "--scale", f"{service}={len(before) + 1}",
-                 service, env={**env, variable: new_version}, timeout_s=RECREATE_TIMEOUT_S)
-        new = [i for i in self.run("ps", "-q", service).split() if i not in before]
-        if not new:
-            raise RolloutError(f"[{instance.name}] no new container of {service} after scaling up")
-        _, name, address = self.inspect(new[:1])[0]
-        return Instance(name, address, instance.backend)
+    def replace(
+        self, instances: list[Instance], version: str | None, env: Mapping[str, str]
+    ) -> list[Instance]:
+        """Stop-first, as deploy.sh --stop-first: stop and remove, then scale the service up again."""
+        versions = [version or self.configured_version(i) for i in instances]
+        self.retire(instances)
+        return self.scale_up(instances, versions, env)
+
+    def add(self, instances: list[Instance], version: str | None, env: Mapping[str, str]) -> list[Instance]:
+        """Surge, as deploy.sh: one more container of the service per instance, old ones untouched."""
+        return self.scale_up(instances, [version or self.configured_version(i) for i in instances], env)
+
+    def retire(self, instances: list[Instance]) -> None:
+        names = [i.name for i in instances]
+        docker("stop", "--time", str(int(STOP_GRACE_S)), *names, timeout_s=RECREATE_TIMEOUT_S)
+        docker("rm", *names)
+
+    def scale_up(
+        self, instances: list[Instance], versions: list[str | None], env: Mapping[str, str]
+    ) -> list[Instance]:
+        """As many new containers as `instances`, each in its service, on its version."""
+        new: list[Instance] = []
+        for instance, version in zip(instances, versions, strict=True):
+            service = instance.backend if self.blue_green else SERVICE
+            variable = self.version_variable(service)
+            compose_env = {**env, variable: version or self.env.get(variable) or "v1"}
+            self.prepare(compose_env[variable], env)
+            before = set(self.run("ps", "-q", service).split())
+            self.run("up", "-d", "--no-deps", "--no-recreate", "--scale", f"{service}={len(before) + 1}",
+                     service, env=compose_env, timeout_s=RECREATE_TIMEOUT_S)
+            ids = [i for i in self.run("ps", "-q", service).split() if i not in before]
+            if not ids:
+                raise RolloutError(f"[{instance.name}] no new container of {service} after scaling up")
+            new += [Instance(name, address, instance.backend) for _, name, address in self.inspect(ids[:1])]
+        return new
 
     def version_of(self, instance: Instance) -> str | None:
         try:

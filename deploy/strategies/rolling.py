@@ -9,6 +9,7 @@ the instances it did not touch.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -55,8 +56,10 @@ def row_of(stats: list[ServerStat], instance: Instance) -> ServerStat | None:
     return None
 
 
-def others_up(stats: list[ServerStat], instance: Instance) -> int:
-    return sum(1 for s in stats if s.backend == instance.backend and s.addr != instance.address
+def others_up(stats: list[ServerStat], instance: Instance, batch: list[Instance] | None = None) -> int:
+    """UP servers of the instance's backend, not counting it (nor the rest of its batch)."""
+    leaving = {i.address for i in batch or [instance]}
+    return sum(1 for s in stats if s.backend == instance.backend and s.addr not in leaving
                and s.status == "UP")
 
 
@@ -84,6 +87,16 @@ def wait_ready(engine: Engine, instance: Instance, version: str | None, timeout_
     )
 
 
+def batch_size(max_unavailable: str, total: int) -> int:
+    """`--max-unavailable`: a count ("3") or a share of the instances ("25%"), at least 1."""
+    match = re.fullmatch(r"(\d{1,6})(%?)", max_unavailable.strip())
+    if not match or int(match[1]) < 1 or (match[2] and int(match[1]) > 100):
+        raise RolloutError(f"--max-unavailable {max_unavailable[:40]!r}: expected a count such as 2 "
+                           "or a share such as 25%", exit_code=2)
+    size = total * int(match[1]) // 100 if match[2] else int(match[1])
+    return max(1, min(size, total))
+
+
 def rolling_restart(
     engine: Engine,
     version: str | None,
@@ -92,11 +105,15 @@ def rolling_restart(
     report: Callable[[Event], None],
     instances: list[Instance] | None = None,
     guard: bool = True,
+    surge: bool = False,
+    max_unavailable: str = "1",
 ) -> RestartResult:
-    """Restart `instances` (default: all) one at a time; halt at the first that fails.
+    """Replace `instances` (default: all), `max_unavailable` at a time; halt at the first that fails.
 
-    `guard`: refuse to stop an instance while no other server of its backend is UP (off for
-    a blue/green pool that takes no traffic)."""
+    Stop-first (default): a batch is stopped (each drains first), then started again. Surge:
+    as many new instances start first and must be UP before the batch they replace is
+    drained and stopped, so serving capacity never drops. `guard`: never stop the last UP
+    server of a backend (off for a blue/green pool that takes no traffic)."""
     result = RestartResult()
 
     def emit(instance: Instance, name: str, detail: str = "") -> None:
@@ -104,35 +121,51 @@ def rolling_restart(
         result.events.append(event)
         report(event)
 
+    def halt(why: str, untouched: list[Instance], tail_of: Instance | None = None) -> RestartResult:
+        names = ", ".join(i.name for i in untouched) or "none"
+        tail = f"\nlast log lines of {tail_of.name}:\n{engine.log_tail(tail_of, 8)}" if tail_of else ""
+        result.error = f"{why}\nrollout halted; untouched: {names}{tail}"
+        return result
+
     instances = engine.instances() if instances is None else instances
+    size = batch_size(max_unavailable, len(instances))
     engine.prepare(version, env)
-    for index, instance in enumerate(instances):
-        untouched = ", ".join(i.name for i in instances[index + 1 :]) or "none"
-        if guard and not others_up(read_servers(engine, instance.backend), instance):
-            emit(instance, "failed", "no other server UP")
-            result.error = (
-                f"[{instance.name}] no other server of {instance.backend} is UP in HAProxy: stopping "
-                f"it would cut service; rollout halted; untouched: "
-                f"{', '.join(i.name for i in instances[index:])}"
-            )
-            return result
-        before = engine.version_of(instance)
-        emit(instance, "restart", f"{before or '?'} -> {version or before or '?'}")
+    for start in range(0, len(instances), size):
+        batch, rest = instances[start : start + size], instances[start + size :]
+        before = engine.version_of(batch[0])
+        target = version or before
+        for old in batch:
+            emit(old, "restart", f"{before or '?'} -> {target or '?'}")
         began = time.monotonic()
-        new = engine.restart(instance, version, env)
-        emit(new, "started", f"old one stopped and {'it' if new == instance else new.name} "
-             f"started in {time.monotonic() - began:.2f}s")
-        try:
-            wait_ready(engine, new, version, timeout_s)
-        except RolloutError as exc:
-            emit(new, "failed", str(exc))
-            tail = engine.log_tail(new, 8)
-            result.error = (
-                f"{exc}\nrollout halted; untouched: {untouched}\n"
-                f"last log lines of {new.name}:\n{tail}"
-            )
-            return result
-        instance = new
-        result.seconds[instance.name] = time.monotonic() - began
-        emit(instance, "ready", f"UP in {result.seconds[instance.name]:.2f}s")
+        if surge:
+            new = engine.add(batch, target, env)
+            for instance in new:
+                emit(instance, "started", f"new, beside the old one, in {time.monotonic() - began:.2f}s")
+        else:
+            stats = read_servers(engine)
+            if guard and any(not others_up(stats, old, batch) for old in batch):
+                emit(batch[0], "failed", "no other server UP")
+                return halt(f"[{batch[0].name}] no other server of {batch[0].backend} is UP in HAProxy: "
+                            "stopping it would cut service", batch + rest)
+            new = engine.replace(batch, version, env)
+            for instance in new:
+                emit(instance, "started", f"old one stopped and this one started in "
+                     f"{time.monotonic() - began:.2f}s")
+        deadline = time.monotonic() + timeout_s
+        for instance in new:
+            try:
+                wait_ready(engine, instance, target, max(0.0, deadline - time.monotonic()))
+            except RolloutError as exc:
+                emit(instance, "failed", str(exc))
+                if surge:
+                    engine.retire(new)  # the old ones still serve: nothing was lost
+                    return halt(f"{exc}; the new instances were stopped", batch + rest, instance)
+                return halt(str(exc), rest, instance)
+            result.seconds[instance.name] = time.monotonic() - began
+            emit(instance, "ready", f"UP in {result.seconds[instance.name]:.2f}s")
+        if surge:
+            stopping = time.monotonic()
+            engine.retire(batch)
+            for old in batch:
+                emit(old, "stopped", f"drained and stopped in {time.monotonic() - stopping:.2f}s")
     return result

@@ -8,18 +8,19 @@ or the zero means nothing.
 from __future__ import annotations
 
 import subprocess
+import threading
 from pathlib import Path
 
 from deploy.check.loadcheck import LoadResult, check_ledgers
 from deploy.engines.local import LocalEngine
-from deploy.strategies.rolling import Event, RestartResult, read_servers, rolling_restart
+from deploy.strategies.rolling import Event, RestartResult, read_servers, rolling_restart, row_of
 from tests.conftest import BIN, load_during, make_stack, shut_down
 
 
-def load_with_restart(engine: LocalEngine, version: str) -> tuple[LoadResult, RestartResult]:
+def load_with_restart(engine: LocalEngine, version: str, **options: object) -> tuple[LoadResult, RestartResult]:
     events: list[Event] = []
     result, restart = load_during(
-        engine.frontend_url(), lambda: rolling_restart(engine, version, {}, 60, events.append))
+        engine.frontend_url(), lambda: rolling_restart(engine, version, {}, 60, events.append, **options))  # type: ignore[arg-type]
     # The whole restart happened while the load ran.
     assert result.started < events[0].at and events[-1].at < result.started + result.elapsed_s
     assert isinstance(restart, RestartResult)
@@ -40,7 +41,8 @@ def test_rolling_restart_under_load_loses_nothing(stack_factory) -> None:  # typ
     assert ledger.answered == result.kinds["post"] > 1000
     assert ledger.processed_once == ledger.answered and ledger.ok
     assert [engine.version_of(i) for i in engine.instances()] == ["v2", "v2", "v2"]
-    assert {s.status for s in read_servers(engine)} == {"UP"}
+    stats = read_servers(engine)
+    assert {row_of(stats, i).status for i in engine.instances()} == {"UP"}  # type: ignore[union-attr]
 
 
 def test_negative_control_same_harness_without_agent_or_retries_fails(stack_factory) -> None:  # type: ignore[no-untyped-def]
@@ -61,7 +63,7 @@ def test_rollout_cli_status_restart_and_halt(tmp_path: Path) -> None:
         return subprocess.run([*rollout, *args], capture_output=True, text=True, timeout=timeout, check=False)
 
     up = run("up", "--detach", "--port", str(stack.port), "--stats-port", str(stack.stats_port),
-             "--app-base-port", str(stack.app_base_port))
+             "--app-base-port", str(stack.app_base_port), "--agent-base-port", str(stack.agent_base_port))
     try:
         assert up.returncode == 0, up.stderr
         again = run("up", "--detach", "--port", str(stack.port))
@@ -76,7 +78,7 @@ def test_rollout_cli_status_restart_and_halt(tmp_path: Path) -> None:
         bad = run("restart", "--version", "bad", "--env", "SERVICE_WARMUP_S=600",
                   "--env", "DRAIN_AGENT_START_TIMEOUT=2", "--restart-timeout", "4")
         assert bad.returncode == 1
-        assert "[app1] not ready and UP within 4s" in bad.stderr
+        assert "[app1] app not ready at http://127.0.0.1:" in bad.stderr and "within 2s" in bad.stderr
         assert "rollout halted; untouched: app2, app3" in bad.stderr
         versions = [line.split()[-1] for line in run("status").stdout.splitlines()[1:]]
         assert versions[1:] == ["v1", "v1"]  # the rest keep serving the old version
@@ -92,3 +94,58 @@ def test_rollout_cli_status_restart_and_halt(tmp_path: Path) -> None:
         shut_down(engine)
     assert down.returncode == 0
     assert run("status").returncode != 0
+
+
+class UpCounter:
+    """Samples how many servers HAProxy has UP, every 20 ms, while a deploy runs."""
+
+    def __init__(self, engine: LocalEngine) -> None:
+        self.engine = engine
+        self.samples: list[int] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run)
+
+    def run(self) -> None:
+        while not self.stop.wait(0.02):
+            self.samples.append(sum(1 for s in read_servers(self.engine) if s.status == "UP"))
+
+    def __enter__(self) -> UpCounter:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def test_surge_keeps_every_instance_up_and_loses_nothing(stack_factory) -> None:  # type: ignore[no-untyped-def]
+    engine = stack_factory()
+    with UpCounter(engine) as up:
+        result, restart = load_with_restart(engine, "v2", surge=True)
+    assert restart.error is None
+    assert result.failed == 0, result.failures
+    assert check_ledgers(result, engine.ledgers()).ok
+    assert min(up.samples) >= 3 and max(up.samples) == 4  # a new one UP before an old one drained
+    assert len(engine.instances()) == 3
+    assert [engine.version_of(i) for i in engine.instances()] == ["v2", "v2", "v2"]
+
+
+def test_negative_control_stop_first_drops_capacity(stack_factory) -> None:  # type: ignore[no-untyped-def]
+    """The same counter sees a stop-first deploy go below 3: it can catch a drop."""
+    engine = stack_factory()
+    with UpCounter(engine) as up:
+        result, restart = load_with_restart(engine, "v2")
+    assert restart.error is None and result.failed == 0
+    assert min(up.samples) == 2
+
+
+def test_twelve_instances_three_at_a_time(stack_factory) -> None:  # type: ignore[no-untyped-def]
+    engine = stack_factory(instances=12)
+    with UpCounter(engine) as up:
+        result, restart = load_with_restart(engine, "v2", max_unavailable="3")
+    assert restart.error is None
+    assert result.failed == 0, result.failures
+    assert check_ledgers(result, engine.ledgers()).ok
+    assert min(up.samples) >= 9  # never more than 3 out at once
+    assert min(up.samples) < 12  # and it did take several out together
+    assert {engine.version_of(i) for i in engine.instances()} == {"v2"}

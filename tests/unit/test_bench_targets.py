@@ -1,0 +1,187 @@
+"""bench's verdicts on the issue's targets: each must be able to say "missed", and say why."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bench import report, targets
+
+Record = dict[str, Any]
+
+
+def cost(overhead_ms: float | None = 40.0, stop_path_ms: int = 220, ready_ms: float | None = 20.0) -> Record:
+    return {"instance": "app1", "signal_at": 1.0, "stop_path_ms": stop_path_ms, "drain_ms": stop_path_ms - 1,
+            "ready_ms": ready_ms, "up_ms": 400, "in_flight_ms": 200.0, "overhead_ms": overhead_ms,
+            "app_stop_ms": 200, "respawn_ms": 150, "app_start_ms": 300}
+
+
+def deploy(*, failed: int = 0, error: str | None = None, covered: bool = True, stale: bool = False,
+           posts_ok: bool | None = True, restarts: int = 3, costs: list[Record] | None = None,
+           client: str = "strict", variant: str = "rolling restart", p99_ms: float = 100.0, **extra: Any) -> Record:
+    names = [f"app{i}" for i in range(1, restarts + 1)]
+    load_extra = {} if posts_ok is None else {"posts": {"exactly_once": posts_ok}}
+    return {
+        "client": client, "variant": variant, "run": 1,
+        "load": {"requests": 10_000, "ok": 10_000 - failed, "failed": failed,
+                 "failures": {"http 503": failed} if failed else {}, "p99_ms": p99_ms, "extra": load_extra},
+        "deploy": {"strategy": "rolling_restart", "version": "v2", "error": error,
+                   "seconds": None if error else 3.5, "per_instance_s": dict.fromkeys(names, 1.1), "events": []},
+        "covered": covered,
+        "versions_after": ["v2", "v1" if stale else "v2", "v2"],
+        "agent_costs": [cost() for _ in names] if costs is None else costs,
+        **extra,
+    }
+
+
+def results(*, original: list[Record] | None = None, usual: list[Record] | None = None,
+            agent: dict[str, Any] | None = None, steady: dict[str, Any] | None = None) -> dict[str, Any]:
+    sections: dict[str, Any] = {}
+    if original is not None:
+        sections["original"] = {"runs": original}
+    if usual is not None:
+        sections["usual"] = {"runs": usual, "variants": ["a", "d"], "labels": {"a": "(a) plain", "d": "(d) ours"}}
+    if agent is not None:
+        sections["agent"] = agent
+    if steady is not None:
+        sections["steady"] = steady
+    return {"sections": sections}
+
+
+def by_target(found: list[dict[str, object]], start: str) -> dict[str, object]:
+    (verdict,) = [v for v in found if str(v["target"]).startswith(start)]
+    return verdict
+
+
+# -- 0 failed requests ------------------------------------------------------------------------
+
+
+def test_zero_failures_met() -> None:
+    verdict = targets.zero_failures(results(original=[deploy()], usual=[deploy(variant="d")]))
+    assert verdict is not None
+    assert verdict["met"] is True
+    assert verdict["measured"] == "0 failed of 20000 requests in 2 deploys under load"
+
+
+def test_zero_failures_counts_only_our_deploys() -> None:
+    verdict = targets.zero_failures(results(usual=[deploy(variant="a", failed=500), deploy(variant="d")]))
+    assert verdict is not None and verdict["met"] is True
+
+
+@pytest.mark.parametrize(("record", "why"), [
+    (deploy(failed=3), "failures by cause: {'http 503': 3}"),
+    (deploy(posts_ok=False), "POSTs not processed exactly once in 2, strict"),
+    # A deploy that did not happen, or not all of it under load, is no evidence of zero failures:
+    (deploy(error="AttributeError: 'LocalEngine' object has no attribute 'restart'"),
+     "2, strict: deploy failed: AttributeError: 'LocalEngine' object has no attribute 'restart'"),
+    (deploy(stale=True), "2, strict: instances not at v2 afterwards: ['v1']"),
+    (deploy(covered=False), "2, strict: the deploy outlasted the load"),
+])
+def test_zero_failures_missed(record: Record, why: str) -> None:
+    verdict = targets.zero_failures(results(original=[record, deploy(client="hey", posts_ok=None)]))
+    assert verdict is not None
+    assert verdict["met"] is False
+    assert verdict["why"] == why
+
+
+def test_no_deploys_no_verdict() -> None:
+    assert targets.zero_failures(results(original=[deploy(variant="steady (no restart)")])) is None
+    assert targets.evaluate({}) == []
+
+
+# -- agent overhead ---------------------------------------------------------------------------
+
+
+def test_overhead_met_on_the_median_under_load() -> None:
+    costs = [cost(50), cost(150), cost(190)]
+    verdict = targets.overhead(results(agent={"runs": [deploy(instances=3, costs=costs, variant="3 instances")]}))
+    assert verdict is not None
+    assert verdict["met"] is True
+    assert verdict["measured"] == "median 150 ms over 3 restarts under load; 240 ms without subtracting the in-flight requests"
+
+
+def test_overhead_missed() -> None:
+    costs = [cost(150), cost(250), cost(260)]
+    verdict = targets.overhead(results(original=[deploy(costs=costs)]))
+    assert verdict is not None
+    assert verdict["met"] is False
+    assert "stop path and ready path" in str(verdict["why"])
+
+
+def test_overhead_without_load_when_nothing_was_traced() -> None:
+    idle = [deploy(costs=[cost(120)] * 3, client="none")]
+    assert targets.overhead(results(agent={"runs": [], "idle": idle}))["met"] is True  # type: ignore[index]
+    idle = [deploy(costs=[cost(420)] * 3, client="none")]
+    assert targets.overhead(results(agent={"runs": [], "idle": idle}))["met"] is False  # type: ignore[index]
+
+
+@pytest.mark.parametrize("found", [[], [cost()]])
+def test_overhead_missed_when_restarts_are_missing_from_the_logs(found: list[Record]) -> None:
+    """Renamed agent events made the restarts vanish from the figures: that must not pass."""
+    verdict = targets.overhead(results(original=[deploy(costs=found)]))
+    assert verdict is not None
+    assert verdict["met"] is False
+    assert f"{3 - len(found)} restarts not found in the agents' logs" in str(verdict["measured"])
+    assert "event names" in str(verdict["why"])
+
+
+def test_restarts_without_a_ready_path_are_not_counted() -> None:
+    found = [cost(None, ready_ms=None), cost(30), cost(60)]
+    verdict = targets.overhead(results(original=[deploy(costs=found)]))
+    assert verdict is not None and verdict["met"] is True
+    assert str(verdict["measured"]).startswith("median 45 ms over 2 restarts under load")
+
+
+# -- p99, RSS, middleware ---------------------------------------------------------------------
+
+
+def test_p99_ratio() -> None:
+    runs = [deploy(p99_ms=140.0), deploy(variant="steady (no restart)", p99_ms=100.0),
+            deploy(client="wrk", p99_ms=160.0), deploy(client="wrk", variant="steady (no restart)", p99_ms=100.0)]
+    verdict = targets.p99(results(original=runs))
+    assert verdict is not None
+    assert verdict["measured"] == "wrk: 160 vs 100 ms = 1.60x; strict: 140 vs 100 ms = 1.40x"
+    assert verdict["met"] is False
+    assert str(verdict["why"]).startswith("missed with wrk.")
+    assert targets.p99(results(original=runs[:2]))["met"] is True  # type: ignore[index]
+
+
+def test_rss() -> None:
+    small = {"memory": [{"rss_kb": 22 * 1024}, {"rss_kb": 23 * 1024}]}
+    assert targets.rss(results(agent=small))["met"] is True  # type: ignore[index]
+    big = {"memory": [{"rss_kb": 22 * 1024}, {"rss_kb": 31 * 1024}],
+           "memory_reference": {"python (bare interpreter)": 10 * 1024}}
+    verdict = targets.rss(results(agent=big))
+    assert verdict is not None
+    assert verdict["met"] is False
+    assert verdict["measured"] == "median 26.5 MiB, max 31.0 MiB over 2 agents"
+    assert "python (bare interpreter) 10.0 MiB" in str(verdict["why"])
+
+
+def steady_runs(rps_without: float, rps_with: float, cpu_without: float = 100.0) -> list[Record]:
+    return [{"client": "strict", "variant": variant, "run": 1, "load": {"rps": rps},
+             "cpu_us_per_request": {"apps": cpu, "haproxy": 40.0}}
+            for variant, rps, cpu in (("without middleware", rps_without, cpu_without),
+                                      ("with middleware", rps_with, cpu_without + 2))]
+
+
+@pytest.mark.parametrize(("delta_us", "rps_with", "met"), [
+    (2.0, 9_600.0, True),  # 2% in process; end to end 4%
+    (7.0, 9_900.0, False),  # 7% in process
+    (2.0, 9_000.0, False),  # every run's end-to-end cost is above 5%
+])
+def test_middleware(delta_us: float, rps_with: float, met: bool) -> None:
+    steady = {"runs": steady_runs(10_000.0, rps_with), "asgi": {"delta_us": delta_us}}
+    verdict = targets.middleware(results(steady=steady))
+    assert verdict is not None
+    assert verdict["met"] is met
+
+
+def test_the_report_shows_each_verdict() -> None:
+    found = results(original=[deploy(error="boom")])
+    found["targets"] = targets.evaluate(found)
+    assert [t["met"] for t in found["targets"]] == [False, True]  # zero failures; overhead
+    text = report.render(found)
+    zero = by_target(found["targets"], "0 failed")
+    assert f"| {zero['target']} | {zero['measured']} | **missed** | 2, strict: deploy failed: boom |" in text
