@@ -46,6 +46,14 @@ class LoadSpec:
                 f"slow GET {self.slow_share:.0%} ({self.slow_ms} ms)")
 
 
+def installed(plan: list[LoadSpec]) -> tuple[list[LoadSpec], list[str]]:
+    """The loads whose client is on this machine (strict always is), and a note for each one left out."""
+    tools = {load.client for load in plan} - {"strict"}
+    missing = sorted(tool for tool in tools if not clients.available(tool))
+    return ([load for load in plan if load.client not in missing],
+            [f"{tool} is not installed: its rows are skipped" for tool in missing])
+
+
 class Versions:
     """A fresh version name for each deploy of each stack: v2, v3, ..."""
 

@@ -7,10 +7,9 @@ and each also without a restart: the steady reference for the p99 target.
 
 from __future__ import annotations
 
-from bench import clients
 from bench.context import Context, order
 from bench.log import say
-from bench.measure import LoadSpec, measure
+from bench.measure import LoadSpec, installed, measure
 from bench.stacks import Stacks, StackSpec
 
 KEY = "original"
@@ -29,13 +28,8 @@ def loads(quick: bool) -> list[LoadSpec]:
 
 
 def run(ctx: Context) -> dict[str, object]:
-    notes: list[str] = []
     records: list[dict[str, object]] = []
-    plan = loads(ctx.quick)
-    for tool in ("hey", "wrk"):
-        if not clients.available(tool):
-            notes.append(f"{tool} is not installed: its rows are skipped")
-            plan = [load for load in plan if load.client != tool]
+    plan, notes = installed(loads(ctx.quick))
     with Stacks(ctx.keep_dirs) as stacks:
         (engine,) = stacks.start([StackSpec("ours")])
         for index in range(ctx.runs):

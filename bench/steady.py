@@ -11,10 +11,10 @@ depends on what else the shared machine is doing.
 
 from __future__ import annotations
 
-from bench import asgi_cost, clients
+from bench import asgi_cost
 from bench.context import Context, order
 from bench.log import say
-from bench.measure import LoadSpec, measure
+from bench.measure import LoadSpec, installed, measure
 from bench.stacks import Stacks, StackSpec
 
 KEY = "steady"
@@ -31,13 +31,9 @@ def loads(quick: bool) -> list[LoadSpec]:
 
 
 def run(ctx: Context) -> dict[str, object]:
-    notes: list[str] = []
     records: list[dict[str, object]] = []
     specs = [StackSpec(WITHOUT, middleware=False, options=NO_AGENT), StackSpec(WITH, options=NO_AGENT)]
-    plan = loads(ctx.quick)
-    if not clients.available("wrk"):
-        notes.append("wrk is not installed: its rows are skipped")
-        plan = [load for load in plan if load.client != "wrk"]
+    plan, notes = installed(loads(ctx.quick))
     with Stacks(ctx.keep_dirs) as stacks:
         engines = dict(zip((s.label for s in specs), stacks.start(specs), strict=True))
         for label, engine in engines.items():

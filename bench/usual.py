@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench import clients
 from bench.context import Context, order
 from bench.log import say
-from bench.measure import LoadSpec, measure
+from bench.measure import LoadSpec, installed, measure
 from bench.original import RESTART_AFTER_S, describe
 from bench.stacks import Stacks, StackSpec
 from bench.steady import NO_AGENT
@@ -48,14 +47,10 @@ def loads(quick: bool) -> list[LoadSpec]:
 
 
 def run(ctx: Context) -> dict[str, object]:
-    notes: list[str] = []
     records: list[dict[str, object]] = []
-    plan = loads(ctx.quick)
+    plan, notes = installed(loads(ctx.quick))
     if ctx.quick:
         notes.append("--quick: strict checker only (no wrk rows)")
-    elif not clients.available("wrk"):
-        notes.append("wrk is not installed: its rows are skipped")
-        plan = [load for load in plan if load.client != "wrk"]
     with Stacks(ctx.keep_dirs) as stacks:
         engines = dict(zip((w.key for w in WAYS), stacks.start([w.stack for w in WAYS]), strict=True))
         ways = {w.key: w for w in WAYS}

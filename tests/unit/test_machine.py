@@ -573,7 +573,7 @@ def test_start_timeout_stops_the_app_and_exits_3(h: Harness) -> None:
     h.probes.ready_at = None
     h.configure(start_timeout_s=60.0)
 
-    with pytest.raises(AgentError, match=r"\*:8000: app not ready at http://127.0.0.1:8000/readyz within 60s "
+    with pytest.raises(AgentError, match=r"^app not ready at http://127.0.0.1:8000/readyz within 60s "
                                           r"\(see --start-timeout\); app exited with code 0") as caught:
         h.run()
     assert caught.value.exit_code == EXIT_START_TIMEOUT
