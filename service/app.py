@@ -38,7 +38,9 @@ def create_app(config: ServiceConfig, state: DrainState | None = None, *, drain:
     """The service. `drain=False` leaves out the 503 drain (only to measure what it costs)."""
     state = state or DrainState()
     metrics = ServiceMetrics(state)
-    identity = {"instance": config.instance, "version": config.version, "pid": os.getpid()}
+    # What every answer says about who answered. The pid only on /version, which the public
+    # frontend does not serve (haproxy.cfg): operators read it on the instance itself.
+    identity = {"instance": config.instance, "version": config.version}
     ledger = open(config.post_ledger, "a", buffering=1) if config.post_ledger else None  # noqa: SIM115
 
     async def cms_get(request: Request) -> Response:
@@ -62,6 +64,8 @@ def create_app(config: ServiceConfig, state: DrainState | None = None, *, drain:
             json.loads(body)
         except ValueError as exc:
             return error(400, f"body is not valid JSON: {exc}")
+        except RecursionError:
+            return error(400, "body is not valid JSON: nested too deeply")
         given = request.headers.get("x-request-id", "")
         request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         if ledger is not None:
@@ -89,7 +93,7 @@ def create_app(config: ServiceConfig, state: DrainState | None = None, *, drain:
         return JSONResponse({"status": "ready", **identity})
 
     async def version(request: Request) -> Response:
-        return JSONResponse(identity)
+        return JSONResponse({**identity, "pid": os.getpid()})
 
     async def metrics_endpoint(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,16 +1,17 @@
-"""Blue/green on compose (docker-compose.bluegreen.yml) driven by `rollout --engine docker`:
-a release to green and the rollback to blue under strict load with zero failed requests, a
-switch to a pool with a stopped container refused, and a switch that survives
-`docker compose restart haproxy` (HAProxy reads the map file again).
+"""Blue/green on compose (docker-compose.bluegreen.yml: services blue and green, 2 containers
+each, server-template slots per color) driven by `rollout --engine docker`: a release to green
+and the rollback to blue under strict load with zero failed requests, the switch made through
+the Runtime API inside the HAProxy container (no reload, nothing published), a switch to a pool
+with a container that is not UP refused, a switch that survives `docker compose restart
+haproxy` (HAProxy reads the map file again), and no app container able to switch colors.
 
 One stack for the module, under its own project name, free ports, its own image name and a
 map directory in pytest's tmp; teardown is `docker compose down -v` and untagging the images.
-Run: .venv/bin/pytest -m docker tests/e2e/test_compose_bluegreen.py -s   (about a minute, image cached)
+Run: .venv/bin/pytest -m docker tests/e2e/test_compose_bluegreen.py -s
 """
 
 from __future__ import annotations
 
-import contextlib
 import re
 import subprocess
 import time
@@ -20,84 +21,61 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent.haproxy import parse_stat_csv
-from deploy.engines.compose import BLUEGREEN_FILE, DockerEngine, find_stack
+from deploy.engines.compose import find_stack
 from deploy.strategies import bluegreen
-from tests.e2e.conftest import REPO, ComposeStack, require_docker
-from tests.e2e.test_compose import load_during
+from tests.e2e.conftest import (
+    BLUEGREEN_FILE,
+    ComposeStack,
+    Container,
+    StateWatch,
+    assert_no_failures,
+    cli_answered,
+    docker,
+    listening_ports,
+    load_during,
+    probe_from,
+    require_docker,
+)
 
 pytestmark = pytest.mark.docker
 
-POOLS = {"blue": ("blue1", "blue2"), "green": ("green1", "green2")}
-SERVERS = (*POOLS["blue"], *POOLS["green"])
-ROLLOUT = REPO / ".venv" / "bin" / "rollout"
+COLORS = ("blue", "green")
 DRAINED = re.compile(r"(\w+) drained in ([0-9.]+)s")
+MAP = "/var/lib/haproxy/colors/colors.map"
 
 
 class BlueGreenStack(ComposeStack):
     """docker-compose.bluegreen.yml under a test project; `rollout --engine docker` drives it."""
 
+    services = COLORS
+
     def __init__(self, color_dir: Path) -> None:
-        super().__init__()
-        self.project = self.project.replace("zdh-test-", "zdh-test-bg-")
-        self.image = f"{self.project}-app"
+        super().__init__(BLUEGREEN_FILE, prefix="zdh-test-bg")
         self.color_dir = color_dir
         self.env.pop("SERVICE_VERSION", None)
-        self.env.update({
-            "COMPOSE_PROJECT_NAME": self.project,
-            "COMPOSE_FILE": str(BLUEGREEN_FILE),  # also tells `rollout` which of the two stacks
-            "ZDH_IMAGE": self.image,
-            "ZDH_COLOR_DIR": str(color_dir),
-            "BLUE_VERSION": "e2e-v1",
-            "GREEN_VERSION": "e2e-v1",
-        })
-        for name in ("ROLLOUT_ENGINE", "ROLLOUT_PORT", "ROLLOUT_STATS_PORT"):
-            self.env.pop(name, None)
-        self.engine = DockerEngine(env=self.env, blue_green=True)
+        self.env.update({"ZDH_COLOR_DIR": str(color_dir), "BLUE_VERSION": "e2e-v1", "GREEN_VERSION": "e2e-v1"})
 
     @property
     def color_map(self) -> Path:
         return self.color_dir / "colors.map"
 
-    def rollout(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([str(ROLLOUT), "--engine", "docker", *args], capture_output=True,
-                                text=True, env=self.env, cwd=REPO, timeout=timeout, check=False)
-        print(f"$ rollout --engine docker {' '.join(args)}  (exit {result.returncode})\n"
-              f"{result.stderr}{result.stdout}", end="")
-        return result
-
     def up(self) -> None:
         started = self.rollout("up", "--detach", "--blue-green", timeout=600)
         assert started.returncode == 0, f"{started.stderr}\n{self.logs()}"
 
-    def servers(self) -> dict[str, str]:
-        text = httpx.get(self.stats_url, timeout=3).text
-        return {row["svname"]: row["status"] for row in parse_stat_csv(text)
-                if row["pxname"] in POOLS and row["svname"] in SERVERS}
-
     def sessions(self, color: str) -> int:
-        text = httpx.get(self.stats_url, timeout=3).text
-        return sum(int(row["scur"] or 0) + int(row["qcur"] or 0) for row in parse_stat_csv(text)
-                   if row["pxname"] == color and row["svname"] in POOLS[color])
-
-    def wait_servers(self, expected: dict[str, str], timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        servers: dict[str, str] = {}
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                servers = self.servers()
-                if all(servers.get(name) == status for name, status in expected.items()):
-                    return
-            time.sleep(0.2)
-        raise AssertionError(f"servers not {expected} within {timeout}s: {servers}")
-
-    def answered_by(self, count: int = 8) -> set[str]:
-        with httpx.Client(base_url=self.url, timeout=5) as client:
-            return {client.get("/cms").json()["instance"] for _ in range(count)}
+        return sum(row.busy for row in self.rows(color))
 
     def colors(self) -> tuple[str, str]:
         """(HAProxy's color, the map file's color)."""
         return bluegreen.active_color(self.engine), bluegreen.file_color(self.engine)
+
+    def worker_pid(self) -> str:
+        info = self.haproxy_command("show info")
+        return next(line.split(": ", 1)[1] for line in info.splitlines() if line.startswith("Pid: "))
+
+    def pools(self) -> dict[str, list[Container]]:
+        return {color: self.wait_up(2, color, timeout=30) for color in COLORS}
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +86,7 @@ def bg_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BlueGreenStac
     try:
         began = time.monotonic()
         stack.up()
-        print(f"[{stack.project}] up in {time.monotonic() - began:.1f}s on {stack.url}")
+        print(f"\n[{stack.project}] up in {time.monotonic() - began:.1f}s on {stack.url}")
         yield stack
     finally:
         stack.down()
@@ -116,23 +94,28 @@ def bg_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BlueGreenStac
 
 @pytest.fixture
 def bg(bg_stack: BlueGreenStack) -> BlueGreenStack:
-    """Before each test: all four UP and blue active; a test that failed half-way is repaired."""
+    """Before each test: both pools' 2 containers UP and blue active; a test that failed half-way
+    is repaired."""
     stack = bg_stack
-    try:
-        stack.wait_servers(dict.fromkeys(SERVERS, "UP"), timeout=20)
-    except AssertionError:
-        stack.compose("start", timeout=120)
-        stack.wait_servers(dict.fromkeys(SERVERS, "UP"), timeout=60)
+    for color in COLORS:
+        stack.ensure(2, color)
     if stack.colors() != ("blue", "blue"):
         assert stack.rollout("switch", "blue").returncode == 0
     return stack
 
 
 def test_up_created_a_readable_map_and_serves_blue(bg: BlueGreenStack) -> None:
+    pools = bg.pools()
     assert bg.color_map.read_text() == "active blue\n"
     assert bg.color_map.stat().st_mode & 0o777 == 0o644
     assert bg.color_dir.stat().st_mode & 0o777 == 0o755
-    assert bg.answered_by() == set(POOLS["blue"])
+    instances, versions = bg.answered_by(10)
+    assert instances == {c.short for c in pools["blue"]} and versions == {"e2e-v1"}
+    # Each pool: ten slots, two filled (by address), the rest empty.
+    for color in COLORS:
+        rows = bg.rows(color)
+        assert [r.server for r in rows] == [f"{color}{i}" for i in range(1, 11)]
+        assert bg.status_by_address(color) == {c.address: "UP" for c in pools[color]}
     # Only the frontend and stats are published, on loopback; the Runtime API is not.
     assert bg.compose("port", "haproxy", "9999", check=False).stdout.strip() in ("", ":0")
     assert bg.compose("port", "haproxy", "8785").stdout.strip() == f"127.0.0.1:{bg.port}"
@@ -140,9 +123,9 @@ def test_up_created_a_readable_map_and_serves_blue(bg: BlueGreenStack) -> None:
     status = bg.rollout("status")
     assert status.returncode == 0
     assert status.stdout.splitlines()[0] == "active: blue"
-    for color, names in POOLS.items():
-        for name in names:
-            assert any(line.split()[:3] == [color, name, "UP"] and line.split()[-1] == "e2e-v1"
+    for color, containers in pools.items():
+        for container in containers:
+            assert any(line.split()[:3] == [color, container.name, "UP"] and line.split()[-1] == "e2e-v1"
                        for line in status.stdout.splitlines()), status.stdout
     # Without COMPOSE_FILE, rollout finds the stack by its containers: this project has the pools.
     assert find_stack({**bg.env, "COMPOSE_FILE": ""}).blue_green
@@ -150,73 +133,120 @@ def test_up_created_a_readable_map_and_serves_blue(bg: BlueGreenStack) -> None:
 
 
 def test_release_to_green_and_rollback_under_load(bg: BlueGreenStack) -> None:
-    old_blue = {name: bg.container_id(name) for name in POOLS["blue"]}
-    old_green = {name: bg.container_id(name) for name in POOLS["green"]}
+    pools = bg.pools()
+    haproxy = bg.compose("ps", "-q", "haproxy").stdout.strip()
+    worker = bg.worker_pid()
     runs: dict[str, subprocess.CompletedProcess[str]] = {}
-    sessions_after: dict[str, int] = {}
+    seen: dict[str, object] = {}
 
     def release_then_rollback() -> None:
-        # Recreates green1 and green2 on e2e-v2 (idle: no traffic), then switches to green.
+        # Recreates green's two containers on e2e-v2 (idle: no traffic), then switches to green.
         runs["release"] = bg.rollout("release", "--version", "e2e-v2")
-        sessions_after["blue"] = bg.sessions("blue")
+        seen["blue sessions"] = bg.sessions("blue")
+        seen["after release"] = bg.colors()
         time.sleep(2.0)  # green serves for a while
         runs["rollback"] = bg.rollout("switch", "blue")
-        sessions_after["green"] = bg.sessions("green")
+        seen["green sessions"] = bg.sessions("green")
         time.sleep(1.0)
 
-    result, _ = load_during(bg, release_then_rollback, requests=20_000, start_after_s=2.0)
+    result, _ = load_during(bg.url, release_then_rollback, requests=20_000, start_after_s=2.0)
 
     release, rollback = runs["release"], runs["rollback"]
     assert release.returncode == 0, release.stderr
     assert rollback.returncode == 0, rollback.stderr
+    bg.env["GREEN_VERSION"] = "e2e-v2"
+    assert "releasing e2e-v2 to green" in release.stderr
     assert "switched: blue -> green" in release.stderr
     assert "switched: green -> blue" in rollback.stderr
     drained = dict(DRAINED.findall(release.stderr) + DRAINED.findall(rollback.stderr))
     print(f"drain after the switch: blue {drained.get('blue')} s, green {drained.get('green')} s")
     assert float(drained["blue"]) < 5 and float(drained["green"]) < 5, drained
     assert "warning" not in release.stderr + rollback.stderr
-    assert sessions_after == {"blue": 0, "green": 0}  # each old pool had no session left
+    assert seen["after release"] == ("green", "green")
+    assert (seen["blue sessions"], seen["green sessions"]) == (0, 0)  # each old pool had no session left
 
-    assert result.total >= 20_000
-    assert result.failed == 0, result.failures
-    assert set(result.kinds) == {"get", "get-slow", "post"}
+    assert_no_failures(result, 20_000)
     assert set(result.versions) == {"e2e-v1", "e2e-v2"}, result.versions
-    assert set(result.instances) == set(SERVERS), result.instances
+    new_green = bg.wait_up(2, "green")
+    assert set(result.instances) == {c.short for c in pools["blue"] + new_green}, result.instances
     # Responses moved: blue's v1, then green's v2, then blue's v1 again.
     served = [max(b.versions, key=b.versions.__getitem__)
               for _, b in sorted(result.seconds.items()) if b.versions]
     assert served[0] == "e2e-v1" and "e2e-v2" in served and served[-1] == "e2e-v1", served
 
     # Green was recreated on the new version; blue was not touched.
-    for name in POOLS["green"]:
-        assert bg.container_id(name) not in ("", old_green[name])
-        assert bg.version(name) == "e2e-v2"
-    assert {name: bg.container_id(name) for name in POOLS["blue"]} == old_blue
+    assert not {c.id for c in new_green} & {c.id for c in pools["green"]}
+    assert set(bg.versions("green").values()) == {"e2e-v2"}
+    assert [c.id for c in bg.containers("blue")] == [c.id for c in pools["blue"]]
     assert bg.colors() == ("blue", "blue")
     assert bg.color_map.stat().st_mode & 0o004  # still readable by HAProxy (uid 99)
+    # Both switches went through the Runtime API (`set map`), not a reload or restart: the same
+    # HAProxy container and worker process all along.
+    assert bg.compose("ps", "-q", "haproxy").stdout.strip() == haproxy
+    assert bg.worker_pid() == worker
 
 
-def test_switch_to_a_pool_with_a_stopped_container_is_refused(bg: BlueGreenStack) -> None:
-    bg.compose("stop", "green1", timeout=120)  # its agent puts green1 in maint on the way out
+def test_switch_to_a_pool_with_a_container_not_up_is_refused(bg: BlueGreenStack) -> None:
+    pools = bg.pools()
+    frozen = pools["green"][0]
+    docker("pause", frozen.name)  # HAProxy's checks time out: DOWN
     try:
+        deadline = time.monotonic() + 30
+        while bg.status_by_address("green").get(frozen.address) == "UP":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
         refused = bg.rollout("switch", "green")
         assert refused.returncode == 1
-        assert re.search(r"refusing to switch to green: not UP and ready: green1 \(MAINT", refused.stderr)
+        assert re.search(r"refusing to switch to green: not UP and ready: green\d+ \((DOWN|UP \d/\d)",
+                         refused.stderr), refused.stderr
         assert bg.colors() == ("blue", "blue")
-        assert bg.answered_by() == set(POOLS["blue"])
+        instances, _ = bg.answered_by(8)
+        assert instances == {c.short for c in pools["blue"]}
     finally:
-        bg.compose("start", "green1", timeout=120)
-    bg.wait_servers({"green1": "UP"})
+        docker("unpause", frozen.name, check=False)
+    bg.wait_up(2, "green")
 
 
 def test_a_switch_survives_docker_compose_restart_haproxy(bg: BlueGreenStack) -> None:
+    pools = bg.pools()
     assert bg.rollout("switch", "green").returncode == 0
     assert bg.color_map.read_text() == "active green\n"
     began = time.monotonic()
     bg.compose("restart", "haproxy", timeout=120)
-    bg.wait_servers(dict.fromkeys(POOLS["green"], "UP"), timeout=60)
+    bg.wait_up(2, "green", timeout=60)
     print(f"haproxy restarted and green UP again in {time.monotonic() - began:.1f}s")
     assert bg.colors() == ("green", "green")
-    assert bg.answered_by() == set(POOLS["green"])
+    instances, _ = bg.answered_by(8)
+    assert instances == {c.short for c in pools["green"]}
     assert bg.rollout("switch", "blue").returncode == 0  # leave it as found
 
+
+def test_an_app_container_cannot_switch_colors(bg: BlueGreenStack) -> None:
+    """`set map` (the switch) is an admin command: from a green container, on every port HAProxy
+    listens on, it is refused or unreachable, and blue stays active."""
+    pools = bg.pools()
+    ports = listening_ports(bg, "haproxy")
+    assert {8785, 8404, 9999} <= set(ports)
+    targets = sorted({("haproxy", p) for p in ports} | {("127.0.0.1", p) for p in ports})
+    payloads = [f"set map {MAP} active green\n", f"add map {MAP} active green\n", f"clear map {MAP}\n",
+                "set server blue/blue1 state maint\n", "shutdown frontend web\n", "show info\n"]
+    map_before = bg.color_map.read_text()
+    with StateWatch(bg) as watch:
+        report = probe_from(bg, pools["green"][0], targets, payloads)
+    results = report["results"]
+    assert isinstance(results, list) and len(results) == len(targets) * len(payloads)
+    assert [r for r in results if r["connected"] and cli_answered(str(r.get("reply", "")))] == []
+    assert watch.changes() == [] and watch.log_lines() == []
+    assert bg.colors() == ("blue", "blue")
+    assert bg.haproxy_command(f"show map {MAP}").split()[1:] == ["active", "blue"]
+    assert bg.color_map.read_text() == map_before
+    instances, _ = bg.answered_by(8)
+    assert instances == {c.short for c in pools["blue"]}
+    # Control: the same `set map`, sent the operator's way, does switch (and is put back).
+    assert bg.haproxy_command(f"set map {MAP} active green").strip() == ""
+    try:
+        with httpx.Client(base_url=bg.url, timeout=5) as client:
+            assert {client.get("/cms").json()["instance"] for _ in range(8)} == {c.short for c in pools["green"]}
+    finally:
+        bg.haproxy_command(f"set map {MAP} active blue")
+    assert bg.colors() == ("blue", "blue")

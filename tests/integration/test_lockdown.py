@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import stat
@@ -12,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import HAProxy, Processes, free_port, wait_for
+from tests.conftest import HAProxy, Processes, free_port, haproxy_binary, wait_for
 
 
 @pytest.fixture
@@ -50,11 +51,41 @@ def test_frontend_cannot_reach_the_runtime_api(guarded: HAProxy) -> None:
     assert stat.S_IMODE(os.stat(guarded.socket).st_mode) == 0o600  # owner-only admin socket
 
 
-def test_stats_and_runtime_api_are_loopback_or_unix_only(guarded: HAProxy) -> None:
-    listening = Path("/proc/net/tcp").read_text().splitlines()[1:]
-    ports = {int(line.split()[1].split(":")[1], 16): line.split()[1].split(":")[0]
-             for line in listening if line.split()[3] == "0A"}
-    assert ports[guarded.stats_port] == "0100007F"  # 127.0.0.1
+def test_haproxy_listens_only_on_loopback_and_its_admin_socket_is_unix_only(guarded: HAProxy) -> None:
+    """Every socket the HAProxy processes hold: TCP listeners only on 127.0.0.1 (frontend,
+    stats; no Runtime API on TCP), and the admin socket a unix socket only its owner can open."""
+    pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+            and _cmdline(p).startswith(haproxy_binary()) and str(guarded.servers_cfg) in _cmdline(p)]
+    assert pids
+    inodes = {link.split("[")[1].rstrip("]") for pid in pids for link in _fd_links(pid) if link.startswith("socket:[")}
+    listening = {}
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:] + Path("/proc/net/tcp6").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and fields[9] in inodes:  # LISTEN, held by HAProxy
+            address, port = fields[1].split(":")
+            listening[int(port, 16)] = address
+    assert listening == {guarded.port: "0100007F", guarded.stats_port: "0100007F"}
+    unix = [line.split()[-1] for line in Path("/proc/net/unix").read_text().splitlines()[1:]
+            if line.split()[6] in inodes and len(line.split()) > 7]
+    # HAProxy binds a temporary name and renames it into place.
+    assert any(path == str(guarded.socket) or path.startswith(f"{guarded.socket}.") for path in unix)
+    assert stat.S_IMODE(os.stat(guarded.socket).st_mode) == 0o600
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _fd_links(pid: int) -> list[str]:
+    links = []
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                links.append(os.readlink(fd))
+    return links
 
 
 def test_bad_requests_get_clear_answers_through_haproxy(guarded: HAProxy) -> None:
@@ -91,3 +122,15 @@ def test_slow_loris_is_cut_off_by_the_header_timeout(guarded: HAProxy) -> None:
             reply += chunk
     assert time.monotonic() - began < 3
     assert reply.startswith(b"HTTP/1.1 408")
+
+
+def test_public_clients_see_the_service_not_its_metrics_or_pid(guarded: HAProxy) -> None:
+    for path in ("/metrics", "/version", "/metrics/", "//metrics", "/%6detrics", "/x/../version", "/VERSION",
+                 "/./metrics"):
+        assert httpx.get(f"{guarded.url}{path}").status_code == 404, path
+    answer = httpx.get(f"{guarded.url}/cms").json()
+    assert set(answer) == {"instance", "version", "delay_ms"}  # no pid
+    assert httpx.get(f"{guarded.url}/readyz").status_code == 200
+    direct = f"http://127.0.0.1:{guarded.app_ports[0]}"  # operators, on the instance itself
+    assert "pid" in httpx.get(f"{direct}/version").json()
+    assert "service_requests_total" in httpx.get(f"{direct}/metrics").text

@@ -114,3 +114,9 @@ def test_metrics_count_requests_by_route_and_status() -> None:
     assert 'service_requests_total{method="GET",route="/cms",status="400"} 1.0' in text
     assert "service_draining 0.0" in text
     assert "service_request_duration_seconds_bucket" in text
+
+
+def test_deeply_nested_json_is_a_400_not_a_500() -> None:
+    app, _ = ready_app()
+    answer = run(call(app, "POST", "/cms", content=b"[" * 50_000 + b"]" * 50_000))
+    assert answer.status_code == 400 and "nested too deeply" in answer.json()["error"]
