@@ -20,8 +20,8 @@ from types import ModuleType
 from typing import Any
 
 from bench import agent_cost, machine, original, steady, usual
-from bench.context import Context
 from bench.log import elapsed_s, say
+from bench.measure import Context
 
 SECTIONS: list[ModuleType] = [steady, original, usual, agent_cost]
 ALIASES = {str(i): module.KEY for i, module in enumerate(SECTIONS, 1)}
@@ -65,14 +65,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     args.out.mkdir(parents=True, exist_ok=True)
     json_path = args.out / "results.json"
+
+    def write(results: dict[str, Any]) -> list[dict[str, object]]:
+        """The verdicts, results.json and RESULTS.md."""
+        results["targets"] = verdicts = targets.evaluate(results)
+        json_path.write_text(json.dumps(results, indent=1, default=str) + "\n")
+        (args.out / "RESULTS.md").write_text(report.render(results))
+        return verdicts
+
     if args.render_only:
         if not json_path.exists():
             say(f"no {json_path} to render; run the bench first")
             return 2
-        saved: dict[str, Any] = json.loads(json_path.read_text())
-        saved["targets"] = targets.evaluate(saved)
-        json_path.write_text(json.dumps(saved, indent=1, default=str) + "\n")
-        (args.out / "RESULTS.md").write_text(report.render(saved))
+        write(json.loads(json_path.read_text()))
         say(f"rewrote {args.out / 'RESULTS.md'} from {json_path}")
         return 0
     results: dict[str, Any] = load_previous(json_path, args.quick) if args.only else {}
@@ -112,10 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         say("WARNING: agent/, service/, deploy/ or haproxy/ changed during the run; sections may differ")
     results["total_seconds"] = round(elapsed_s(), 1)
     results["load_average_end"] = machine.load_average()
-    verdicts = targets.evaluate(results)
-    results["targets"] = verdicts
-    json_path.write_text(json.dumps(results, indent=1, default=str) + "\n")
-    (args.out / "RESULTS.md").write_text(report.render(results))
+    verdicts = write(results)
     say(f"wrote {args.out / 'RESULTS.md'} and {json_path} ({results['total_seconds']} s)")
     for target in verdicts:
         say(f"target {'met' if target['met'] else 'MISSED'}: {target['target']}: {target['measured']}")

@@ -11,10 +11,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from bench.context import Context, order
 from bench.deployer import REPO_ROOT
 from bench.log import say
-from bench.measure import LoadSpec, idle_deploy, measure
+from bench.measure import Context, LoadSpec, idle_deploy, measure, order
 from bench.original import describe
 from bench.stacks import Stacks, StackSpec, instance_memory
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 from bench import clients
 from bench.agentlog import deploy_costs
@@ -20,6 +21,8 @@ from bench.tracing import Trace
 from deploy.check.loadcheck import LoadPlan, check_ledgers
 from deploy.check.strict_http import StrictClient
 from deploy.engines.local import LocalEngine
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,22 @@ class Versions:
         key = str(engine.root)
         self.last[key] = self.last.get(key, 1) + 1
         return f"v{self.last[key]}"
+
+
+@dataclass
+class Context:
+    """What every section gets: how many runs, quick or full, and the version counter for deploys."""
+
+    runs: int
+    quick: bool
+    keep_dirs: bool = False
+    versions: Versions = field(default_factory=Versions)
+
+
+def order(items: list[T], run: int) -> list[T]:
+    """Rotate the variants' order from run to run, so none is always first (or last) on a drifting machine."""
+    shift = run % len(items) if items else 0
+    return items[shift:] + items[:shift]
 
 
 def run_client(engine: LocalEngine, load: LoadSpec, deploy: BackgroundDeploy | None,

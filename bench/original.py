@@ -7,9 +7,8 @@ and each also without a restart: the steady reference for the p99 target.
 
 from __future__ import annotations
 
-from bench.context import Context, order
 from bench.log import say
-from bench.measure import LoadSpec, installed, measure
+from bench.measure import Context, LoadSpec, installed, measure, order
 from bench.stacks import Stacks, StackSpec
 
 KEY = "original"

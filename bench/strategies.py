@@ -1,7 +1,8 @@
 """How a rolling deploy is driven: our `rolling_restart`, or the original design's sample script.
 
-Both run in the deployer child process (bench.deployer) and return the same timing record:
-from the deploy's first action to the last instance being back in rotation.
+Both run in the deployer child process (bench.deployer), note their steps as rolling_restart's
+Events, and return the same timing record: from the deploy's first action to the last
+instance being back in rotation.
 """
 
 from __future__ import annotations
@@ -9,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from agent.haproxy import Address, RuntimeAPI, ServerStat, find_server
 from deploy.engines.base import BACKEND
 from deploy.engines.local import LocalEngine
-from deploy.strategies.rolling import Event, rolling_restart
+from deploy.strategies.rolling import Event, RestartResult, rolling_restart
 
 # The sample script's unit of waiting: `sleep 1` before each connection check, 1 s between
 # status polls, and 1 s to let the instance "warm up and receive traffic" after `ready`.
@@ -31,6 +33,16 @@ class DeployTiming:
     events: list[dict[str, object]] = field(default_factory=list)
     error: str | None = None
 
+    @classmethod
+    def of(cls, strategy: str, version: str, result: RestartResult, first: str) -> DeployTiming:
+        """From the deploy's `first` event to its last `ready`, if it did not halt."""
+        starts = [e.at for e in result.events if e.name == first]
+        readies = [e.at for e in result.events if e.name == "ready"]
+        return cls(strategy, version, began=starts[0] if starts else None,
+                   ended=readies[-1] if readies and result.error is None else None,
+                   per_instance_s=dict(result.seconds), events=[asdict(e) for e in result.events],
+                   error=result.error)
+
     @property
     def seconds(self) -> float | None:
         if self.began is None or self.ended is None:
@@ -41,31 +53,19 @@ class DeployTiming:
         return {**asdict(self), "seconds": self.seconds}
 
 
-def note(timing: DeployTiming, instance: str, name: str, detail: str = "") -> None:
-    at = time.time()
-    timing.events.append({"at": at, "instance": instance, "name": name, "detail": detail})
-    print(f"  [deploy {timing.strategy}] {instance} {name} {detail}".rstrip(), file=sys.stderr, flush=True)
+def progress(strategy: str, *names: str) -> Callable[[Event], None]:
+    def say(event: Event) -> None:
+        if not names or event.name in names:
+            print(f"  [deploy {strategy}] {event.instance} {event.name} {event.detail}".rstrip(),
+                  file=sys.stderr, flush=True)
+
+    return say
 
 
 def rolling(engine: LocalEngine, version: str, timeout_s: float) -> DeployTiming:
     """rolling_restart: restart (supervisor: SIGTERM, wait, start), wait ready + UP, next."""
-    timing = DeployTiming("rolling_restart", version)
-
-    def report(event: Event) -> None:
-        timing.events.append({"at": event.at, "instance": event.instance, "name": event.name,
-                              "detail": event.detail})
-        if event.name in ("ready", "failed"):
-            print(f"  [deploy rolling_restart] {event.instance} {event.name} {event.detail}",
-                  file=sys.stderr, flush=True)
-
-    result = rolling_restart(engine, version, {}, timeout_s, report)
-    timing.error = result.error
-    timing.per_instance_s = dict(result.seconds)
-    starts = [e["at"] for e in timing.events if e["name"] == "restart"]
-    readies = [e["at"] for e in timing.events if e["name"] == "ready"]
-    timing.began = float(starts[0]) if starts else None  # type: ignore[arg-type]
-    timing.ended = float(readies[-1]) if readies and result.error is None else None  # type: ignore[arg-type]
-    return timing
+    result = rolling_restart(engine, version, {}, timeout_s, progress("rolling_restart", "ready", "failed"))
+    return DeployTiming.of("rolling_restart", version, result, first="restart")
 
 
 class SampleScript:
@@ -82,6 +82,8 @@ class SampleScript:
         self.engine = engine
         self.timeout_s = timeout_s
         self.api = RuntimeAPI(Address(path=str(engine.admin_socket)), 2.0)
+        self.result = RestartResult()
+        self.say = progress("sample_script")
 
     def stat(self, server: str) -> ServerStat:
         return find_server(asyncio.run(self.api.servers(BACKEND)), BACKEND, server)
@@ -89,32 +91,33 @@ class SampleScript:
     def set_state(self, server: str, state: str) -> None:
         asyncio.run(self.api.set_server(BACKEND, server, f"state {state}"))
 
+    def note(self, instance: str, name: str, detail: str = "") -> None:
+        self.result.events.append(event := Event(time.time(), instance, name, detail))
+        self.say(event)
+
     def run(self, version: str) -> DeployTiming:
-        timing = DeployTiming("sample_script", version)
         for instance in self.engine.instances():
             began = time.monotonic()
             deadline = began + self.timeout_s
             self.set_state(instance.name, "drain")
-            note(timing, instance.name, "drain")
+            self.note(instance.name, "drain")
             while True:
                 time.sleep(SAMPLE_SLEEP_S)
                 count = self.stat(instance.name).scur
                 if count == 0 or time.monotonic() > deadline:
                     break
-            note(timing, instance.name, "restart", f"scur {count}")
+            self.note(instance.name, "restart", f"scur {count}")
             self.engine.replace([instance], version, {})
             while (status := self.stat(instance.name).admin_state) not in ("ready", "drain"):
                 if time.monotonic() > deadline:
-                    timing.error = f"{instance.name} not UP within {self.timeout_s:g}s ({status})"
-                    return timing
+                    self.result.error = f"{instance.name} not UP within {self.timeout_s:g}s ({status})"
+                    return DeployTiming.of("sample_script", version, self.result, first="drain")
                 time.sleep(SAMPLE_SLEEP_S)
             self.set_state(instance.name, "ready")
-            timing.per_instance_s[instance.name] = time.monotonic() - began
-            note(timing, instance.name, "ready", f"status was {status}")
+            self.result.seconds[instance.name] = time.monotonic() - began
+            self.note(instance.name, "ready", f"status was {status}")
             time.sleep(SAMPLE_SLEEP_S)
-        timing.began = float(timing.events[0]["at"])  # type: ignore[arg-type]
-        timing.ended = float([e["at"] for e in timing.events if e["name"] == "ready"][-1])  # type: ignore[arg-type]
-        return timing
+        return DeployTiming.of("sample_script", version, self.result, first="drain")
 
 
 def sample_script(engine: LocalEngine, version: str, timeout_s: float) -> DeployTiming:

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.context import Context, order
 from bench.log import say
-from bench.measure import LoadSpec, installed, measure
+from bench.measure import Context, LoadSpec, installed, measure, order
 from bench.original import RESTART_AFTER_S, describe
 from bench.stacks import Stacks, StackSpec
 from bench.steady import NO_AGENT

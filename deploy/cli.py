@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--slow-share", type=float, default=0.1,
                        help="share of slow GETs (default 0.1)")
     check.add_argument("--slow-ms", type=int, default=200, help="delay of slow GETs (default 200)")
+    check.add_argument("--post-bytes", type=byte_range, default=(0, 2048), metavar="MIN-MAX",
+                       help="size of each POST's body, e.g. 20k-1m (default 0-2k)")
     check.add_argument("--timeout", type=float, default=30.0, help="per request (default 30 s)")
     check.add_argument("--url", help="target (default: the stack's frontend /cms)")
     check.add_argument("--report", metavar="DIR",
@@ -148,6 +150,15 @@ def parse_env(pairs: Sequence[str]) -> dict[str, str]:
         env[key] = value
     check_env(env)
     return env
+
+
+def byte_range(text: str) -> tuple[int, int]:
+    """'20k-1m' -> (20480, 1048576)."""
+    units = {"": 1, "k": 1024, "m": 1024 * 1024}
+    match = re.fullmatch(r"(\d{1,9})([km]?)-(\d{1,9})([km]?)", text.strip().lower())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected MIN-MAX such as 20k-1m")
+    return int(match[1]) * units[match[2]], int(match[3]) * units[match[4]]
 
 
 def version_arg(text: str) -> str:
@@ -313,7 +324,8 @@ def cmd_check(engine: Engine, args: argparse.Namespace) -> int:
             url=args.url or f"{engine.frontend_url()}/cms",
             requests=None if args.duration else (args.requests or 20_000),
             duration_s=args.duration, concurrency=args.concurrency, post_share=args.post_share,
-            slow_share=args.slow_share, slow_ms=args.slow_ms, timeout_s=args.timeout,
+            slow_share=args.slow_share, slow_ms=args.slow_ms, post_bytes=args.post_bytes,
+            timeout_s=args.timeout,
         )
     except ValueError as exc:
         raise RolloutError(f"check: {exc}", exit_code=2) from None

@@ -10,7 +10,8 @@
 # Surge: `docker compose up --scale app=N+1 --no-recreate` starts one container of the new
 # version; once it is UP in HAProxy, `docker stop` sends SIGTERM to an old container's PID 1
 # (drain-agent): it answers `drain` to HAProxy's agent-check, waits for zero sessions, stops the
-# app and exits. Capacity never drops below N. Stop-first does the same in the other order.
+# app and exits. Capacity never drops below N. Stop-first does the same in the other order (and
+# is what a surge falls back to when every server slot in HAProxy already holds a container).
 # Rules: an old container is stopped only while another server is UP; a new one that is not UP
 # on the new version in time halts the deploy (exit 1), is removed, and the containers not yet
 # replaced are listed; they keep running the old version.
@@ -55,6 +56,11 @@ since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; 
 
 read -r -a old_ids <<<"$(docker compose ps -q "$service" 2>/dev/null | tr '\n' ' ')"
 [ "${#old_ids[@]}" -gt 0 ] || fail "no running container of '$service'; start the stack with: docker compose up -d --wait"
+# `up --scale N+1` starts a stopped container of the service (old version, old settings) before
+# it creates a new one: refuse instead of deploying that.
+stopped=$(docker compose ps -a --status exited --status created --status dead --format '{{.Name}}' "$service" | tr '\n' ' ')
+stopped=${stopped% }
+[ -z "$stopped" ] || fail "stopped containers of '$service': $stopped; a new container would be one of them started again. Start them (docker start $stopped) or remove them (docker rm $stopped) first"
 if [ -z "$version" ]; then
   image=$(docker inspect -f '{{.Config.Image}}' "${old_ids[0]}")
   version=${image##*:}
@@ -95,6 +101,16 @@ except Exception:
     pass' "$version_url" 2>/dev/null || true
 }
 short() { echo "${1:0:12}"; }
+# Short ids, space-separated ("none" for no id).
+ids() { local out="" id; for id in "$@"; do out+="${out:+ }$(short "$id")"; done; echo "${out:-none}"; }
+# How many server slots the backend holding this container has in HAProxy (server-template).
+slots_of() {
+  local addr; addr="$(address_of "$1"):$app_port"
+  curl -fsS --max-time 2 "$stats_url" 2>/dev/null \
+    | awk -F, -v a="$addr" 'NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
+                             $2 != "FRONTEND" && $2 != "BACKEND" { n[$1]++; if ($(col["addr"]) == a) b = $1 }
+                             END { print (b == "" ? 0 : n[b]) }'
+}
 
 # Until HAProxy has the container UP and it answers with the new version, or the timeout.
 wait_up() {
@@ -127,6 +143,14 @@ start_one() {
 }
 retire() { docker stop -t 60 "$1" >/dev/null && docker rm "$1" >/dev/null; }
 
+if [ -n "$surge" ]; then
+  slots=$(slots_of "${old_ids[0]}")
+  if [ "$slots" -gt 0 ] && [ "${#old_ids[@]}" -ge "$slots" ]; then
+    log "all $slots server slots in HAProxy hold the ${#old_ids[@]} containers: no room for a surge container; replacing stop-first"
+    surge=
+  fi
+fi
+
 log "deploy $version: building the image ..."
 build_log=$(mktemp)
 trap 'rm -f "$build_log"' EXIT
@@ -136,29 +160,28 @@ log "deploy $version: image built in $(since "$began")s; replacing ${#old_ids[@]
 for index in "${!old_ids[@]}"; do
   old=${old_ids[$index]}
   rest=("${old_ids[@]:index+1}")
-  untouched=$(for id in "${rest[@]}"; do printf '%s ' "$(short "$id")"; done)
   t0=$(date +%s.%N)
   if [ -n "$surge" ]; then
-    new=$(start_one) || fail "[$(short "$old")] could not start a new container; untouched: $(short "$old") ${untouched:-}"
+    new=$(start_one) || fail "[$(short "$old")] could not start a new container; untouched: $(ids "$old" "${rest[@]}")"
     log "[$(short "$old")] new container $(short "$new") started; waiting for HAProxy UP on $version"
     if ! why=$(wait_up "$new"); then
       retire "$new" || true
-      fail "[$(short "$new")] $why; it was removed; deploy halted, still on the old version: $(short "$old") ${untouched:-}"
+      fail "[$(short "$new")] $why; it was removed; deploy halted, still on the old version: $(ids "$old" "${rest[@]}")"
     fi
-    [ "$(up_except "$old")" -gt 0 ] || fail "[$(short "$old")] no other server is UP in HAProxy; nothing done to $(short "$old") ${untouched:-}"
+    [ "$(up_except "$old")" -gt 0 ] || fail "[$(short "$old")] no other server is UP in HAProxy (not even $(short "$new")); nothing done to $(ids "$old" "${rest[@]}")"
     log "[$(short "$old")] $(short "$new") UP on $version after $(since "$t0")s; stopping the old one (it drains first)"
     t1=$(date +%s.%N)
     retire "$old" || fail "[$(short "$old")] docker stop failed"
     log "[$(short "$old")] old container drained and stopped in $(since "$t1")s"
   else
-    [ "$(up_except "$old")" -gt 0 ] || fail "[$(short "$old")] no other server is UP in HAProxy: stopping it would cut service; nothing done to $(short "$old") ${untouched:-}"
+    [ "$(up_except "$old")" -gt 0 ] || fail "[$(short "$old")] no other server is UP in HAProxy: stopping it would cut service; nothing done to $(ids "$old" "${rest[@]}")"
     log "[$(short "$old")] stopping (it drains first)"
     retire "$old" || fail "[$(short "$old")] docker stop failed"
     log "[$(short "$old")] old container drained and stopped in $(since "$t0")s; starting its replacement"
-    new=$(start_one) || fail "[$(short "$old")] could not start a replacement; untouched: ${untouched:-none}"
+    new=$(start_one) || fail "[$(short "$old")] could not start a replacement; untouched: $(ids "${rest[@]}")"
     if ! why=$(wait_up "$new"); then
       retire "$new" || true
-      fail "[$(short "$new")] $why; it was removed; deploy halted, still on the old version: ${untouched:-none}"
+      fail "[$(short "$new")] $why; it was removed; deploy halted, still on the old version: $(ids "${rest[@]}")"
     fi
     log "[$(short "$new")] UP on $version, $(since "$t0")s after the stop began"
   fi

@@ -252,12 +252,12 @@ def stack_factory(tmp_path: Path) -> Iterator[object]:
 
 
 def load_during(url: str, action: Callable[[], object] | None, requests: int = 20_000,
-                start_after_s: float = 1.0, slow_ms: int = 150) -> tuple[LoadResult, object]:
+                start_after_s: float = 1.0, slow_ms: int = 150, **plan: object) -> tuple[LoadResult, object]:
     """Strict load (no retries, every request counted) on `url`/cms while `action` runs in a
     thread; the load keeps going until the action is done. Returns the load and what the
     action returned; an exception in the action is raised here, not lost in the thread."""
-    plan = LoadPlan(url=f"{url}/cms", requests=requests, concurrency=100,
-                    post_share=0.2, slow_share=0.1, slow_ms=slow_ms)
+    load = LoadPlan(**{"url": f"{url}/cms", "requests": requests, "concurrency": 100,  # type: ignore[arg-type]
+                       "post_share": 0.2, "slow_share": 0.1, "slow_ms": slow_ms, **plan})
     outcome: list[object] = []
     done = threading.Event()
 
@@ -272,7 +272,7 @@ def load_during(url: str, action: Callable[[], object] | None, requests: int = 2
 
     thread = threading.Thread(target=run)
     thread.start()
-    result = uvloop.run(run_load(plan, keep_going=lambda: not done.is_set()))
+    result = uvloop.run(run_load(load, keep_going=lambda: not done.is_set()))
     thread.join()
     if isinstance(outcome[0], BaseException):
         raise outcome[0]

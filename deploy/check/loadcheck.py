@@ -33,6 +33,7 @@ class LoadPlan:
     post_share: float = 0.2
     slow_share: float = 0.1
     slow_ms: int = 200
+    post_bytes: tuple[int, int] = (0, 2048)  # each POST's padding, drawn from this range
     timeout_s: float = 30.0
     seed: int = 1
 
@@ -52,6 +53,9 @@ class LoadPlan:
             raise ValueError("post share + slow share must not exceed 1")
         if not 0 <= self.slow_ms <= 60_000:
             raise ValueError(f"slow ms {self.slow_ms}: must be 0..60000")
+        low, high = self.post_bytes
+        if not 0 <= low <= high <= 64 * 1024 * 1024:
+            raise ValueError(f"post bytes {low}-{high}: must be 0 <= min <= max <= 64 MiB")
 
 
 @dataclass
@@ -166,7 +170,7 @@ async def run_load(
 
     async def post(client: StrictClient, began: float) -> None:
         request_id = uuid.uuid4().hex
-        payload = json.dumps({"id": request_id, "pad": "x" * rng.randrange(0, 2048)}).encode()
+        payload = json.dumps({"id": request_id, "pad": "x" * rng.randint(*plan.post_bytes)}).encode()
         try:
             response = await client.request(
                 "POST", path, payload,

@@ -31,6 +31,7 @@ from typing import Any
 from deploy.engines.base import BACKEND, Instance
 from deploy.errors import RolloutError
 from deploy.strategies import bluegreen
+from deploy.strategies.rolling import read_servers
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
@@ -64,7 +65,7 @@ class DockerEngine:
         self.root = self.compose_file.parent
         self.env = {**os.environ, **(env or {})}
         self._addresses: dict[int, str] = {}
-        self._built: set[tuple[str, str]] = set()
+        self._built: set[str] = set()  # versions whose image this engine built
         self._config: dict[str, Any] | None = None
 
     # -- docker compose ----------------------------------------------------------------
@@ -100,24 +101,29 @@ class DockerEngine:
         return bluegreen.COLORS if self.blue_green else (SERVICE,)
 
     def instances(self) -> list[Instance]:
-        """Every running container of the app service(s), oldest first."""
+        """Every container of the app service(s), oldest first: running ones, and stopped ones
+        too (address `?:8000`, no row in HAProxy), so that `status` shows them and a
+        blue/green switch refuses a pool with one (prepare() refuses to deploy over them)."""
         found = []
         for service in self.services():
-            ids = self.run("ps", "-q", service).split()
+            ids = self.run("ps", "-a", "-q", service).split()
             found += [(created, Instance(name, address, service if self.blue_green else BACKEND))
                       for created, name, address in self.inspect(ids)]
         return [instance for _, instance in sorted(found, key=lambda item: item[0])]
 
     def inspect(self, ids: list[str]) -> list[tuple[str, str, str]]:
-        """(created, name, ip:port) of each container."""
+        """(created, name, ip:port) of each container; a stopped one has no address, and what
+        stands in for it names it (`<name> (exited)`), matching no row in HAProxy."""
         if not ids:
             return []
-        template = "{{.Created}} {{.Name}} {{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}"
+        template = ("{{.Created}} {{.Name}} {{.State.Status}} "
+                    "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}")
         result = docker("inspect", "--format", template, *ids)
         rows = []
         for line in result.splitlines():
-            created, name, *addresses = line.split()
-            rows.append((created, name.lstrip("/"), f"{addresses[0] if addresses else '?'}:{APP_PORT}"))
+            created, name, state, *addresses = line.split()
+            name = name.lstrip("/")
+            rows.append((created, name, f"{addresses[0]}:{APP_PORT}" if addresses else f"{name} ({state})"))
         return rows
 
     def is_up(self) -> bool:
@@ -171,14 +177,38 @@ class DockerEngine:
 
     def prepare(self, version: str | None, env: Mapping[str, str]) -> None:
         """The new version's image, built (cached) before any container stops: the compose
-        file tags the image with the version."""
+        file tags the image with the version. Without a version each replacement keeps its
+        container's version, whose image is built (if need be) as it is started."""
         self.check_passed_through(env)
+        self.check_none_stopped()
+        if version is not None:
+            self.build(version, env)
+
+    def check_none_stopped(self) -> None:
+        """Compose scales a service up by starting its stopped containers first (their old
+        version and settings) before it creates any: so a stopped one would come back instead
+        of a new one. Refuse before anything is stopped or started."""
+        stopped = []
         for service in self.services():
-            variable = self.version_variable(service)
-            new_version = version or self.env.get(variable) or "v1"
-            if (variable, new_version) not in self._built:
-                self.run("build", service, env={**env, variable: new_version}, timeout_s=UP_TIMEOUT_S)
-                self._built.add((variable, new_version))
+            ids = self.run("ps", "-a", "-q", "--status", "exited", "--status", "created",
+                           "--status", "dead", service).split()
+            stopped += [name for _, name, _ in self.inspect(ids)]
+        if stopped:
+            names = " ".join(sorted(stopped))
+            raise RolloutError(
+                f"stopped containers of the app: {names}; a new container would be this old one "
+                f"started again. Start them (docker start {names}) or remove them (docker rm "
+                f"{names}) first")
+
+    def build(self, version: str, env: Mapping[str, str]) -> None:
+        """Once per version: the app services of a file share one build and one image name
+        (`${ZDH_IMAGE}:<version>`), so building one of them tags the image for all."""
+        if version in self._built:
+            return
+        service = self.services()[0]
+        self.run("build", service, env={**env, self.version_variable(service): version},
+                 timeout_s=UP_TIMEOUT_S)
+        self._built.add(version)
 
     def replace(
         self, instances: list[Instance], version: str | None, env: Mapping[str, str]
@@ -189,8 +219,23 @@ class DockerEngine:
         return self.scale_up(instances, versions, env)
 
     def add(self, instances: list[Instance], version: str | None, env: Mapping[str, str]) -> list[Instance]:
-        """Surge, as deploy.sh: one more container of the service per instance, old ones untouched."""
+        """Surge, as deploy.sh: one more container of the service per instance, old ones untouched.
+        Refused (nothing started) when HAProxy has no free server slot for them: a container
+        without a slot would never get UP."""
+        self.check_free_slots(instances)
         return self.scale_up(instances, [version or self.configured_version(i) for i in instances], env)
+
+    def check_free_slots(self, instances: list[Instance]) -> None:
+        stats = read_servers(self)
+        for backend in sorted({i.backend for i in instances}):
+            slots = [s for s in stats if s.backend == backend]
+            needed = sum(1 for i in instances if i.backend == backend)
+            free = sum(1 for s in slots if not s.addr)
+            if slots and free < needed:
+                raise RolloutError(
+                    f"no room for a surge: {len(slots) - free} of the {len(slots)} server slots of "
+                    f"{backend} in HAProxy hold containers, {needed} more needed; replace stop-first "
+                    "(without --surge), or give HAProxy more slots (ZDH_SLOTS)")
 
     def retire(self, instances: list[Instance]) -> None:
         names = [i.name for i in instances]

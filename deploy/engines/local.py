@@ -290,8 +290,7 @@ stdout_logfile={self.root / "logs" / "haproxy.log"}
             return shlex.join(app)
         agent = Path(sys.executable).with_name("drain-agent")
         return shlex.join([
-            str(agent), "--haproxy-stats", f"http://127.0.0.1:{self.stack.stats_port}/stats;csv",
-            "--agent-bind", "127.0.0.1", "--agent-port", str(self.agent_port(instance)),
+            str(agent), "--agent-bind", "127.0.0.1", "--agent-port", str(self.agent_port(instance)),
             "--ready-url", f"http://{instance.address}{self.stack.ready_path}",
             "--drain-timeout", str(DRAIN_TIMEOUT_S), "--stop-timeout", str(APP_STOP_TIMEOUT_S),
             "--", *app,
@@ -307,7 +306,9 @@ stdout_logfile={self.root / "logs" / "haproxy.log"}
             "SERVICE_POST_LEDGER": str(self.root / "ledgers" / f"{instance.name}.log"),
             "SERVICE_SHUTDOWN_TIMEOUT_S": str(APP_STOP_TIMEOUT_S - 5),
             "PYTHONUNBUFFERED": "1",
-            "DRAIN_AGENT_START_TIMEOUT": f"{self.stack.start_timeout_s:g}",  # --env may override it
+            # The agent's settings that `rollout restart --env` may override:
+            "DRAIN_AGENT_HAPROXY_STATS": f"http://127.0.0.1:{self.stack.stats_port}/stats;csv",
+            "DRAIN_AGENT_START_TIMEOUT": f"{self.stack.start_timeout_s:g}",
             **self.stack.app_env,
             **extra,
         }

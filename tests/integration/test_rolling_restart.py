@@ -149,3 +149,24 @@ def test_twelve_instances_three_at_a_time(stack_factory) -> None:  # type: ignor
     assert min(up.samples) >= 9  # never more than 3 out at once
     assert min(up.samples) < 12  # and it did take several out together
     assert {engine.version_of(i) for i in engine.instances()} == {"v2"}
+
+
+def test_large_posts_ride_through_even_with_the_agents_stats_access_cut(stack_factory) -> None:  # type: ignore[no-untyped-def]
+    """POSTs of 20 KB-1 MiB (HAProxy could re-send only those under its 16 KB buffer) never meet a
+    draining app: HAProxy learns the drain from the agent before the app stops. Then the same with
+    agents that cannot read HAProxy's stats: they wait their drain timeout, HAProxy still polls them."""
+    engine = stack_factory()
+    big = {"requests": 1500, "concurrency": 30, "post_bytes": (20 * 1024, 1024 * 1024 - 100)}  # + JSON: 1 MiB
+    result, restart = load_during(engine.frontend_url(), lambda: rolling_restart(engine, "v2", {}, 60, print), **big)
+    assert restart.error is None  # type: ignore[attr-defined]
+    assert result.failed == 0, result.failures
+    assert check_ledgers(result, engine.ledgers()).ok and len(result.posts_answered) > 300
+
+    cut = {"DRAIN_AGENT_HAPROXY_STATS": "http://127.0.0.1:1/stats;csv", "DRAIN_AGENT_DRAIN_TIMEOUT": "1"}
+    assert rolling_restart(engine, "v2", cut, 60, print).error is None
+    result, restart = load_during(engine.frontend_url(), lambda: rolling_restart(engine, "v3", {}, 60, print), **big)
+    assert restart.error is None  # type: ignore[attr-defined]
+    assert result.failed == 0, result.failures
+    assert check_ledgers(result, engine.ledgers()).ok
+    log = engine.log_tail(engine.instances()[0], 400)
+    assert "event=drain.timeout" in log and "unreachable" in log  # the cut agents could not read stats

@@ -178,6 +178,20 @@ def test_middleware(delta_us: float, rps_with: float, met: bool) -> None:
     assert verdict["met"] is met
 
 
+def test_a_failed_section_fails_the_targets_it_measures() -> None:
+    """A section that raised leaves its targets missed, not met on the other sections' figures,
+    nor gone from the table."""
+    found = results(original=[deploy()], agent={"error": "Traceback ...\nRolloutError: HAProxy did not start\n",
+                                                "runs": []})
+    verdicts = {str(v["target"]): v for v in targets.evaluate(found)}
+    assert set(verdicts) == {targets.TARGETS[k] for k in ("zero_failures", "overhead", "rss")}
+    for verdict in verdicts.values():
+        assert verdict["met"] is False
+        assert str(verdict["why"]).startswith("section agent failed: RolloutError: HAProxy did not start")
+    assert verdicts[targets.TARGETS["rss"]]["measured"] == "not measured"
+    assert verdicts[targets.TARGETS["zero_failures"]]["measured"] == "0 failed of 10000 requests in 1 deploys under load"
+
+
 def test_the_report_shows_each_verdict() -> None:
     found = results(original=[deploy(error="boom")])
     found["targets"] = targets.evaluate(found)
