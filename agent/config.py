@@ -37,7 +37,7 @@ class AgentConfig:
     server: str = ""  # '': find this instance's rows by address (ip:server_port)
     server_port: int = 0  # 0: the readiness URL's port
     ready_url: str = "http://127.0.0.1:8000/readyz"
-    drain_timeout_s: float = 20.0  # longest wait for HAProxy to report 0 sessions
+    drain_timeout_s: float = 70.0  # longest wait for 0 sessions: > HAProxy's timeout server (65 s)
     stop_timeout_s: float = 25.0  # longest wait for the app after its signal, then SIGKILL
     start_timeout_s: float = 60.0  # longest wait for the app's readiness
     poll_interval_s: float = 0.05  # drain and readiness polling

@@ -9,17 +9,21 @@ learns each state at its next agent-check (`agent-inter 100ms`), so both include
 The agent's overhead is the stop path minus what the requests already in flight at the
 SIGTERM still needed, plus the ready path. The same lines show where the rest goes.
 
-Back in rotation: HAProxy routes to a server as soon as it leaves maintenance ('UP 1/2' at
-first), but shows it 'UP', and the agent logs haproxy.up, only after its next passing health
-check. So with a trace the ready path ends at the first request the new process answered;
-without one (no load) at haproxy.up, an upper bound.
+When HAProxy applied a drain or took the server back no agent can log (HAProxy pulls), so
+the deploy's process watches every server's status (bench.strategies.watched). HAProxy routes
+to a server leaving maintenance at once ('UP 1/2'); it shows 'UP', and the agent logs
+haproxy.up, only after its next passing health check: without the watch, the ready path
+ends there, an upper bound.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from agent.events import LogEvent, parse_log
+from agent.haproxy import ServerStat
 from bench.tracing import Trace
 from deploy.engines.base import Engine
 
@@ -32,7 +36,8 @@ class RestartCost:
     signal_at: float
     stop_path_ms: int  # signal.received -> app.signalled: the drain, as the agent ran it
     drain_ms: int | None  # signal.received -> drain.done
-    ready_ms: float | None  # new agent: app.ready -> back in rotation (first request answered, or haproxy.up)
+    drain_seen_ms: int | None  # signal.received -> HAProxy drains the server (its next agent-check)
+    ready_ms: int | None  # new agent: app.ready -> HAProxy routes to it again (or haproxy.up)
     up_ms: int | None  # new agent: app.ready -> haproxy.up (HAProxy's check shows UP)
     in_flight_ms: float | None  # what the requests in flight at the signal still needed, if known
     overhead_ms: float | None  # max(0, stop_path - in_flight) + ready
@@ -66,8 +71,16 @@ def _ms(later: LogEvent | None, earlier: LogEvent | None, *, same_process: bool 
     return round((later.at - earlier.at) * 1000)
 
 
+def _seen(states: Sequence[Sequence[Any]], after: LogEvent | None, routed: bool) -> int | None:
+    """ms from `after` until the watch first saw HAProxy (not) routing to the server."""
+    if after is None:
+        return None
+    return next((round((at - after.at) * 1000) for at, status in states
+                 if at >= after.at and ServerStat("", "", status, 0, 0).accepting == routed), None)
+
+
 def restart_costs(text: str, instance: str, since: float, until: float, trace: Trace | None = None,
-                  idle: bool = False) -> list[RestartCost]:
+                  idle: bool = False, states: Sequence[Sequence[Any]] = ()) -> list[RestartCost]:
     """The restarts in one instance's log whose SIGTERM reached the agent between `since` and
     `until` (time.time()).
 
@@ -84,20 +97,20 @@ def restart_costs(text: str, instance: str, since: float, until: float, trace: T
         new = runs[index + 1] if index + 1 < len(runs) else []
         app_ready, up = _first(new, "app.ready"), _first(new, "haproxy.up")
         up_ms = _ms(up, app_ready)
-        ready_ms: float | None = up_ms
+        routed = _seen(states, app_ready, routed=True)
+        ready_ms = routed if routed is not None and (up_ms is None or routed < up_ms) else up_ms
         stop_path_ms = _ms(signalled, received)
         assert stop_path_ms is not None
         in_flight: float | None = 0.0 if idle else None
         if trace is not None:
             in_flight = trace.in_flight_ms(instance, received.at)
-            served = trace.first_sent_ms(instance, app_ready.at) if app_ready else None
-            ready_ms = served if served is not None and (up_ms is None or served < up_ms) else up_ms
         overhead = None
         if in_flight is not None and ready_ms is not None:
             overhead = max(0.0, stop_path_ms - in_flight) + ready_ms
         costs.append(RestartCost(
             instance=instance, signal_at=received.at, stop_path_ms=stop_path_ms,
-            drain_ms=_ms(_first(old, "drain.done"), received), ready_ms=ready_ms, up_ms=up_ms,
+            drain_ms=_ms(_first(old, "drain.done"), received),
+            drain_seen_ms=_seen(states, received, routed=False), ready_ms=ready_ms, up_ms=up_ms,
             in_flight_ms=in_flight, overhead_ms=overhead,
             app_stop_ms=_ms(old[-1], signalled),
             respawn_ms=_ms(new[0] if new else None, old[-1], same_process=False),
@@ -106,8 +119,10 @@ def restart_costs(text: str, instance: str, since: float, until: float, trace: T
     return costs
 
 
-def deploy_costs(engine: Engine, since: float, until: float, trace: Trace | None = None,
-                 idle: bool = False) -> list[RestartCost]:
+def deploy_costs(engine: Engine, timing: dict[str, Any], since: float, until: float,
+                 trace: Trace | None = None, idle: bool = False) -> list[RestartCost]:
+    """The agents' costs of one deploy (`timing`: its DeployTiming, with HAProxy's watched states)."""
+    states = timing.get("states") or {}
     return [cost for instance in engine.instances()
             for cost in restart_costs(engine.log_tail(instance, ALL_LINES), instance.name, since, until,
-                                      trace, idle)]
+                                      trace, idle, states.get(instance.name, ()))]

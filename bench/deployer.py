@@ -3,8 +3,8 @@
 The strict checker is CPU-bound Python; a deploy polled from a thread of the same process
 would wait for its GIL, and its timings would grow. As in real life, the deploy is a
 separate process: `python -m bench.deployer STATE_DIR STRATEGY VERSION DELAY_S TIMEOUT_S`
-prints `ready` once imported, waits for `go` on stdin, sleeps DELAY_S, deploys and prints
-`result <json>`. Progress goes to stderr.
+prints `ready` once imported, waits for `go` on stdin, sleeps DELAY_S, deploys (watching every
+server's status in HAProxy meanwhile) and prints `result <json>`. Progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ class BackgroundDeploy:
 
 def main(argv: list[str]) -> int:
     state_dir, strategy, version, delay_s, timeout_s = argv
-    from bench.strategies import STRATEGIES, DeployTiming
+    from bench.strategies import STRATEGIES, DeployTiming, watched
     from deploy.engines.local import LocalEngine, LocalStack
 
     engine = LocalEngine(LocalStack.load(state_dir))
@@ -94,10 +94,12 @@ def main(argv: list[str]) -> int:
     if sys.stdin.readline().strip() != "go":
         return 1
     time.sleep(float(delay_s))
-    try:
-        timing = run(engine, version, float(timeout_s))
-    except Exception as exc:  # reported to the parent, which records the run as broken
-        timing = DeployTiming(strategy, version, error=f"{type(exc).__name__}: {exc}")
+    with watched(engine) as states:
+        try:
+            timing = run(engine, version, float(timeout_s))
+        except Exception as exc:  # reported to the parent, which records the run as broken
+            timing = DeployTiming(strategy, version, error=f"{type(exc).__name__}: {exc}")
+    timing.states = states
     print("result " + json.dumps(timing.as_dict()), flush=True)
     return 0
 

@@ -146,7 +146,7 @@ def measure(engine: LocalEngine, load: LoadSpec, *, strategy: str | None = None,
         record["versions_after"] = versions(engine)
         if engine.stack.agent and isinstance(began, float):
             until = finished if isinstance(finished, float) else ended
-            costs = deploy_costs(engine, began - 1, until + 1, trace)
+            costs = deploy_costs(engine, timing, began - 1, until + 1, trace)
             record["agent_costs"] = [cost.as_dict() for cost in costs]
     return record
 
@@ -160,6 +160,6 @@ def idle_deploy(engine: LocalEngine, version: str) -> dict[str, object]:
     began, finished = timing.get("began"), timing.get("ended")
     if isinstance(began, float):
         until = finished if isinstance(finished, float) else time.time()
-        costs = deploy_costs(engine, began - 1, until + 1, idle=True)
+        costs = deploy_costs(engine, timing, began - 1, until + 1, idle=True)
         record["agent_costs"] = [cost.as_dict() for cost in costs]
     return record

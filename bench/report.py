@@ -41,8 +41,9 @@ OVERHEAD_NOTES = """
   overhead low; the upper bound subtracts nothing.
 - ready path: app ready -> back in rotation. HAProxy learns 'ready' at its next agent-check and routes
   to the server as soon as it leaves maintenance ('UP 1/2'); it shows 'UP' (the agent's haproxy.up,
-  and what `rolling_restart` waits for) only after its next passing health check. Under load the path
-  ends at the first request the new process answered; without load at haproxy.up, an upper bound.
+  and what `rolling_restart` waits for) only after its next passing health check. When HAProxy drained
+  the server and when it took it back come from the deploy's process, which reads every server's
+  status every 20 ms (`bench.strategies.watched`); no agent can log them, as HAProxy pulls.
 - Without load nothing is in flight: there the whole stop path is overhead.
 """
 
@@ -300,17 +301,18 @@ def agent_part(data: dict[str, Any], results: dict[str, Any]) -> list[str]:
     lines += prose(OVERHEAD_NOTES)
     loaded = [c for _, record in our_deploys(results) for c in record.get("agent_costs") or []]
     idle = costs(data.get("idle", []))
-    phases = [("SIGTERM -> app signalled (agent drain)", "stop_path_ms"),
+    phases = [("SIGTERM -> HAProxy drains the server (its next agent-check)", "drain_seen_ms"),
+              ("SIGTERM -> app signalled (agent drain)", "stop_path_ms"),
               ("app signalled -> app exited, server in maint", "app_stop_ms"),
               ("old agent gone -> new agent's first line (supervisor, interpreter, imports)", "respawn_ms"),
               ("app started -> app ready (app start, readiness polling)", "app_start_ms"),
-              ("app ready -> back in rotation (agent-check; no load: HAProxy UP)", "ready_ms"),
+              ("app ready -> back in rotation (HAProxy's next agent-check)", "ready_ms"),
               ("app ready -> HAProxy's check shows UP (haproxy.up)", "up_ms")]
     lines += ["### Where a restart's time goes (ms, from the agents' log lines)", ""]
     rows = [(name, spread(pick(loaded, key)), spread(pick(idle, key))) for name, key in phases]
     split_loaded = [split for _, record in our_deploys(results) for split in respawn_split(record)]
     split_idle = [split for record in data.get("idle", []) for split in respawn_split(record)]
-    rows[3:3] = [
+    rows[4:4] = [
         ("- of which supervisor's stop, remove and add (old agent gone -> restart() returned)",
          spread([a for a, _ in split_loaded]), spread([a for a, _ in split_idle])),
         ("- of which the new process's start (restart() returned -> new agent's first line)",

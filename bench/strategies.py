@@ -8,19 +8,24 @@ instance being back in rotation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 from agent.haproxy import Address, RuntimeAPI, ServerStat, find_server
 from deploy.engines.base import BACKEND
 from deploy.engines.local import LocalEngine
-from deploy.strategies.rolling import Event, RestartResult, rolling_restart
+from deploy.errors import RolloutError
+from deploy.strategies.rolling import Event, RestartResult, read_servers, rolling_restart
 
 # The sample script's unit of waiting: `sleep 1` before each connection check, 1 s between
 # status polls, and 1 s to let the instance "warm up and receive traffic" after `ready`.
 SAMPLE_SLEEP_S = 1.0
+WATCH_S = 0.02
+States = dict[str, list[tuple[float, str]]]  # per server: (time.time(), HAProxy status) at each change
 
 
 @dataclass
@@ -32,6 +37,7 @@ class DeployTiming:
     per_instance_s: dict[str, float] = field(default_factory=dict)
     events: list[dict[str, object]] = field(default_factory=list)
     error: str | None = None
+    states: States = field(default_factory=dict)
 
     @classmethod
     def of(cls, strategy: str, version: str, result: RestartResult, first: str) -> DeployTiming:
@@ -51,6 +57,31 @@ class DeployTiming:
 
     def as_dict(self) -> dict[str, object]:
         return {**asdict(self), "seconds": self.seconds}
+
+
+@contextlib.contextmanager
+def watched(engine: LocalEngine) -> Iterator[States]:
+    """Every server's status in HAProxy, read every WATCH_S while the deploy runs: when each drain
+    and each return to rotation took effect, which no agent can log (HAProxy pulls its state)."""
+    states: States = {}
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(WATCH_S):
+            with contextlib.suppress(RolloutError):
+                stats, now = read_servers(engine), time.time()
+                for stat in stats:
+                    seen = states.setdefault(stat.server, [])
+                    if not seen or seen[-1][1] != stat.status:
+                        seen.append((now, stat.status))
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        yield states
+    finally:
+        stop.set()
+        thread.join()
 
 
 def progress(strategy: str, *names: str) -> Callable[[Event], None]:

@@ -50,13 +50,6 @@ class Trace:
         last = max((end for end in ends if end > at), default=at)
         return (last - at) * 1000
 
-    def first_sent_ms(self, instance: str, after: float) -> float | None:
-        """How long after `after` the first request that `instance` answered was sent: when
-        HAProxy had it back in rotation, as clients saw it (None if it answered none)."""
-        first = min((s.began for s in self.spans() if s.instance == instance and s.began >= after),
-                    default=None)
-        return None if first is None else (first - after) * 1000
-
     def client(self, url: str, timeout_s: float) -> StrictClient:
         """`run_load`'s client_factory."""
         return TracingClient(url, timeout_s, self)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import os
 import re
 import signal
@@ -381,6 +382,9 @@ def run_event_loop(coroutine: Coroutine[Any, Any, LoadResult]) -> LoadResult:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "report", None) and importlib.util.find_spec("matplotlib") is None:
+            raise RolloutError("--report draws timeline.png with matplotlib, which is not installed: "
+                               "pip install 'zero-downtime-haproxy[report]'", exit_code=2)
         engine = make_engine(args)
         if args.command == "up":
             return cmd_up(engine, args)

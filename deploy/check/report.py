@@ -130,22 +130,21 @@ def write_report(
         lines += [f"| {e['t']} | {e['instance']} | {e['event']} | {e['detail']} |" for e in events]
         lines.append("")
     png = directory / "timeline.png"
-    if plot_timeline(data, png):
-        lines += ["![timeline](timeline.png)", ""]
-        written.append(png)
+    plot_timeline(data, png)
+    lines += ["![timeline](timeline.png)", ""]
+    written.append(png)
     written[1].write_text("\n".join(lines))
     return written
 
 
-def plot_timeline(data: dict[str, Any], path: Path) -> bool:
-    """Requests/s, failures and p99 per second; restart events as marks; versions as a band."""
-    try:
-        import matplotlib
+def plot_timeline(data: dict[str, Any], path: Path) -> None:
+    """Requests/s, failures and p99 per second; restart events as marks; versions as a band.
+    Needs matplotlib (the `report` extra; `rollout check --report` says so before it starts)."""
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     # The last second is usually cut short by the end of the run: it would look like a dip.
     seconds = [row for row in data["seconds"] if row["t"] + 1 <= data["elapsed_s"]] or data["seconds"]
     t = [row["t"] + 0.5 for row in seconds]
@@ -189,4 +188,3 @@ def plot_timeline(data: dict[str, Any], path: Path) -> bool:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return True

@@ -38,7 +38,10 @@ from deploy.errors import RolloutError
 HAPROXY_DIR = Path(deploy.__file__).resolve().parent / "haproxy"
 DEFAULT_HAPROXY_CFG = HAPROXY_DIR / "haproxy.cfg"
 REFERENCE_SERVICE = "{python} -m service"
-DRAIN_TIMEOUT_S = 20
+# One time budget, end to end (README, "Time budget"): the longest request the service takes
+# (60 s) < HAProxy's timeout server (65 s) < the drain (70 s); drain + the app's stop (25 s)
+# < supervisor's grace before SIGKILL.
+DRAIN_TIMEOUT_S = 70
 APP_STOP_TIMEOUT_S = 25
 # supervisor's grace period before SIGKILL: the whole drain plus the app's own shutdown.
 STOP_WAIT_S = DRAIN_TIMEOUT_S + APP_STOP_TIMEOUT_S + 5

@@ -19,12 +19,14 @@ import re
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.e2e.conftest import (
+    REPO,
     ComposeStack,
     Container,
     DockerEvents,
@@ -202,49 +204,57 @@ def test_rollout_restart_to_a_version_under_load(healthy_stack: ComposeStack) ->
     assert up.low == 2  # stop-first, one at a time
 
 
-TOOLS = {
-    "deploy.sh --stop-first": lambda stack, version, env, timeout: stack.deploy(
+# The two tools, each in both orders. Same rules: a stop only while another server is UP; a
+# replacement not UP on the new version in time halts the deploy, and what was not touched is
+# named; surge removes the failed new container (the old one still serves).
+DEPLOYS: dict[str, Callable[..., subprocess.CompletedProcess[str]]] = {
+    "deploy.sh": lambda stack, version, timeout, **env: stack.deploy(
+        version, "--timeout", str(timeout), **env),
+    "deploy.sh --stop-first": lambda stack, version, timeout, **env: stack.deploy(
         version, "--stop-first", "--timeout", str(timeout), **env),
-    "rollout restart": lambda stack, version, env, timeout: stack.rollout(
+    "rollout restart --surge": lambda stack, version, timeout, **env: stack.rollout(
+        "restart", "--surge", "--version", version, "--restart-timeout", str(timeout),
+        *(f"--env={key}={value}" for key, value in env.items())),
+    "rollout restart": lambda stack, version, timeout, **env: stack.rollout(
         "restart", "--version", version, "--restart-timeout", str(timeout),
         *(f"--env={key}={value}" for key, value in env.items())),
 }
 
 
-def first_target(stack: ComposeStack, tool: str) -> Container:
-    """The container the tool stops first: deploy.sh goes by `docker compose ps`, rollout by age."""
+def in_order(stack: ComposeStack, tool: str) -> list[Container]:
+    """The containers in the order the tool replaces them: deploy.sh by `docker compose ps`,
+    rollout by age."""
     containers = stack.containers()
     if tool.startswith("deploy.sh"):
-        first = ps_order(stack)[0]
-        return next(c for c in containers if c.id == first)
-    return containers[0]
+        by_id = {c.id: c for c in containers}
+        return [by_id[i] for i in ps_order(stack)]
+    return containers
 
 
-@pytest.mark.parametrize("tool", TOOLS)
+@pytest.mark.parametrize("tool", ["deploy.sh --stop-first", "rollout restart"])
 def test_with_only_one_server_up_both_tools_refuse_to_stop_it(healthy_stack: ComposeStack, tool: str) -> None:
+    """Stop-first's guard (a surge adds a server before it stops one, so it never stops the last)."""
     stack = healthy_stack
-    before = stack.containers()
-    target = first_target(stack, tool)
-    others = [c for c in before if c.id != target.id]
+    before = in_order(stack, tool)
+    target, others = before[0], before[1:]
     for container in others:  # frozen: HAProxy's checks (and agent-checks) time out
         docker("pause", container.name)
     try:
         deadline = time.monotonic() + 30
-        while stack.status_by_address().get(others[0].address) == "UP" or \
-                stack.status_by_address().get(others[1].address) == "UP":
+        while any(stack.status_by_address().get(c.address) == "UP" for c in others):
             assert time.monotonic() < deadline, stack.status_by_address()
             time.sleep(0.2)
         assert stack.status_by_address()[target.address] == "UP"
 
-        run = TOOLS[tool](stack, "e2e-guard", {}, 30)
+        run = DEPLOYS[tool](stack, "e2e-guard", 30)
 
         assert run.returncode == 1, f"{run.stdout}\n{run.stderr}"
         if tool.startswith("deploy.sh"):
-            assert f"[{target.short}] no other server is UP in HAProxy" in run.stderr
-            assert "nothing done to " + " ".join(i[:12] for i in ps_order(stack)) in run.stderr
+            assert (f"[{target.short}] no other server is UP in HAProxy: stopping it would cut service; "
+                    f"nothing done to {' '.join(c.short for c in before)}") in run.stderr
         else:
-            assert f"[{target.name}] no other server of app is UP in HAProxy" in run.stderr
-            assert "rollout halted; untouched: " + ", ".join(c.name for c in before) in run.stderr
+            assert (f"[{target.name}] no other server of app is UP in HAProxy: stopping it would cut "
+                    f"service\nrollout halted; untouched: {', '.join(c.name for c in before)}") in run.stderr
         # Nothing changed: the same containers (no new one, none stopped), the same version.
         after = stack.containers(all=True)
         assert {(c.id, c.state) for c in after} == {(target.id, "running")} | {(c.id, "paused") for c in others}
@@ -257,55 +267,73 @@ def test_with_only_one_server_up_both_tools_refuse_to_stop_it(healthy_stack: Com
 
 
 @pytest.mark.parametrize("tool", ["deploy.sh", "rollout restart"])
-def test_a_release_haproxy_cannot_reach_halts_the_deploy(healthy_stack: ComposeStack, tool: str) -> None:
-    """SERVICE_HOST=127.0.0.1: the new app is ready on its own loopback (its agent says ready),
-    but HAProxy's check at the container's address fails, so it never gets UP."""
+def test_with_a_stopped_container_both_tools_refuse_to_start(healthy_stack: ComposeStack, tool: str) -> None:
+    """Compose scales up by starting a stopped container (old version, old settings) before it
+    creates one: both tools refuse up front, and `rollout status` shows the stopped one."""
     stack = healthy_stack
     before = stack.containers()
-    order = ps_order(stack)
-    fixed = f"e2e-fix-{tool.split()[0].split('.')[0]}"
+    stopped = before[1]
+    docker("stop", stopped.name, timeout=90)
+    try:
+        status = stack.rollout("status")
+        assert any(line.split()[:2] == [stopped.name, "missing"] for line in status.stdout.splitlines()), \
+            status.stdout
+        run = DEPLOYS[tool](stack, "e2e-stopped", 30)
+        assert run.returncode == 1, f"{run.stdout}\n{run.stderr}"
+        assert re.search(rf"stopped containers of (the app|'app'): {re.escape(stopped.name)}; a new container "
+                         "would be", run.stderr), run.stderr
+        after = stack.containers(all=True)
+        assert {(c.id, c.state) for c in after} == {(c.id, "exited" if c is stopped else "running") for c in before}
+        assert set(stack.versions().values()) == {stack.version}
+    finally:
+        docker("start", stopped.name, check=False)
+    assert {c.id for c in stack.wait_up(3)} == {c.id for c in before}
+
+
+@pytest.mark.parametrize("tool", DEPLOYS)
+def test_a_release_haproxy_cannot_reach_halts_the_deploy(healthy_stack: ComposeStack, tool: str) -> None:
+    """SERVICE_HOST=127.0.0.1: the new app is ready on its own loopback (its agent says ready),
+    but HAProxy's check at the container's address fails, so it never gets UP. Then the same
+    command without it (the control, and the fix forward) goes through."""
+    stack = healthy_stack
+    before = in_order(stack, tool)
+    surge = "stop-first" not in tool and tool != "rollout restart"
+    fixed = "e2e-fix-" + re.sub(r"[^a-z]+", "-", tool).strip("-")
     runs: dict[str, subprocess.CompletedProcess[str]] = {}
     seen: dict[str, Any] = {}
 
     def bad_then_fixed() -> None:
-        if tool == "deploy.sh":
-            runs["bad"] = stack.deploy("e2e-bad", SERVICE_HOST="127.0.0.1", DEPLOY_TIMEOUT="12")
-        else:
-            runs["bad"] = stack.rollout("restart", "--version", "e2e-bad", "--env", "SERVICE_HOST=127.0.0.1",
-                                        "--restart-timeout", "12")
+        runs["bad"] = DEPLOYS[tool](stack, "e2e-bad", 8, SERVICE_HOST="127.0.0.1")
         seen["containers"] = stack.containers(all=True)
         seen["statuses"] = stack.status_by_address()
         seen["versions"] = stack.versions()
-        # Fixing forward is just another deploy: the control (the same tool and stack, reachable).
-        runs["fixed"] = stack.deploy(fixed) if tool == "deploy.sh" else stack.rollout("restart", "--version", fixed)
+        runs["fixed"] = DEPLOYS[tool](stack, fixed, 60)
 
-    result, _ = load_during(stack.url, bad_then_fixed, requests=10_000)
+    result, _ = load_during(stack.url, bad_then_fixed, requests=8_000)
     bad = runs["bad"]
     assert bad.returncode == 1, f"{bad.stdout}\n{bad.stderr}"
-    assert_no_failures(result, 10_000)
+    assert_no_failures(result, 8_000)
     assert "e2e-bad" not in result.versions  # the broken release never got a request
 
     containers_after: list[Container] = seen["containers"]
     statuses: dict[str, str] = seen["statuses"]
     versions: dict[str, str] = seen["versions"]
     after = {c.id: c for c in containers_after}
-    if tool == "deploy.sh":
-        # Surge: the new container failed first; all three old ones untouched and listed.
-        assert re.search(r"\[\w{12}\] not UP on e2e-bad within 12s \(HAProxy status: (DOWN|MAINT)",
-                         bad.stderr), bad.stderr
+    untouched = before if surge else before[1:]
+    if tool.startswith("deploy.sh"):
+        assert re.search(r"\] not UP on e2e-bad within 8s \(HAProxy status: (DOWN|MAINT)", bad.stderr), bad.stderr
         broken = re.findall(r"--- last log lines of (\w{12}):", bad.stderr)
         assert len(broken) == 1 and broken[0] not in {c.short for c in before}, broken
         assert "event=" in bad.stderr.split("--- last log lines of", 1)[1]  # the agent's own lines
-        assert ("it was removed; deploy halted, still on the old version: "
-                + " ".join(i[:12] for i in order)) in bad.stderr
-        untouched = before
+        assert (f"[{broken[0]}] not UP on e2e-bad" in bad.stderr
+                and "it was removed; deploy halted, still on the old version: "
+                + " ".join(c.short for c in untouched) + "\n" in bad.stderr), bad.stderr
     else:
-        # Stop-first: the oldest was replaced by the broken one; the other two untouched and listed.
-        untouched = before[1:]
-        assert re.search(r"not ready and UP within 12s \(HAProxy status: (DOWN|MAINT)", bad.stderr), bad.stderr
-        assert "rollout halted; untouched: " + ", ".join(c.name for c in untouched) in bad.stderr
+        assert re.search(r"not ready and UP within 8s \(HAProxy status: (DOWN|MAINT)", bad.stderr), bad.stderr
+        assert "rollout halted; untouched: " + ", ".join(c.name for c in untouched) + "\n" in bad.stderr
         assert "event=" in bad.stderr.split("last log lines of ", 1)[1]  # the agent's own lines
-        assert before[0].id not in after
+    if not surge:
+        assert before[0].id not in after  # stop-first: the first old one went before its replacement failed
     for container in untouched:
         assert after[container.id].state == "running", container
         assert statuses[container.address] == "UP", (container, statuses)
@@ -320,8 +348,38 @@ def test_a_release_haproxy_cannot_reach_halts_the_deploy(healthy_stack: ComposeS
     assert all(status == "UP" for status in stack.status_by_address().values())
     if leftover:
         names = ", ".join(f"{c.name} ({c.state}, {statuses.get(c.address, 'no row')})" for c in leftover)
-        pytest.xfail(f"{tool} left the broken replacement behind after halting: {names} "
-                     "(deploy.sh removes it; rollout's rolling strategy does not)")
+        pytest.xfail(f"{tool} left the broken replacement running after halting: {names} (deploy.sh "
+                     "--stop-first removes it; deploy/strategies/rolling.py's stop-first path does not)")
+
+
+def test_no_free_slot_deploy_sh_replaces_stop_first_and_rollout_surge_refuses(healthy_stack: ComposeStack) -> None:
+    """A surge needs a free server slot for its extra container: with every slot taken
+    (ZDH_SLOTS=3, 3 containers), deploy.sh falls back to stop-first and rollout --surge
+    refuses before it starts anything."""
+    stack = healthy_stack
+    stack.compose("up", "-d", "--wait", "haproxy", env={"ZDH_SLOTS": "3"})
+    try:
+        before = stack.wait_up(3)
+        assert len(stack.rows("app")) == 3
+        refused = stack.rollout("restart", "--surge", "--version", "e2e-slots")
+        assert refused.returncode == 1
+        assert "no room for a surge: 3 of the 3 server slots of app in HAProxy hold containers, 1 more needed" \
+            in refused.stderr
+        assert stack.containers(all=True) == before
+
+        result, deploy = load_during(stack.url, lambda: stack.deploy("e2e-slots"), requests=8_000)
+        assert isinstance(deploy, subprocess.CompletedProcess)
+        assert deploy.returncode == 0, f"{deploy.stdout}\n{deploy.stderr}"
+        stack.version = "e2e-slots"
+        assert "all 3 server slots in HAProxy hold the 3 containers: no room for a surge container; " \
+               "replacing stop-first" in deploy.stdout
+        assert "replacing 3 containers (stop-first)" in deploy.stdout
+        assert_no_failures(result, 8_000)
+        assert_replaced(stack, before, "e2e-slots")
+    finally:
+        stack.compose("up", "-d", "--wait", "haproxy")
+    stack.wait_up(3)
+    assert len(stack.rows("app")) == 10
 
 
 def worker_pid(stack: ComposeStack) -> str:
@@ -341,28 +399,39 @@ def test_control_a_plain_haproxy_restart_does_fail_requests(healthy_stack: Compo
     assert result.failed > 0, "a HAProxy restart under load failed nothing: is the checker blind?"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "haproxy.cfg/servers-dns.cfg: after a master-worker reload the new worker starts with every "
-    "server-template slot empty (init-addr none) and answers 503 <NOSRV> until its first DNS "
-    "resolution (tens of ms); see the e2e report"))
 def test_haproxy_reload_usr2_under_load(healthy_stack: ComposeStack) -> None:
     """The official image's reload (master-worker, SIGUSR2 to PID 1): the old worker finishes
-    what it has (idle-close-on-response, hard-stop-after), the new one takes new connections."""
+    what it has (idle-close-on-response, hard-stop-after), the new one takes new connections.
+
+    Known bug while haproxy/servers-dns.cfg has no hold for an empty backend: the new worker
+    starts with every server-template slot empty (init-addr none) and answers 503 <NOSRV>
+    until its first DNS answer, a few ms later. Such 503s (and only those) make this an xfail;
+    with the hold in place (`nbsrv` in the backend) any failure fails."""
     stack = healthy_stack
     haproxy = stack.compose("ps", "-q", "haproxy").stdout.strip()
     pids = [worker_pid(stack)]
+    since = docker("info", "--format", "{{json .SystemTime}}").stdout.strip().strip('"')
 
     def reloads() -> None:
-        for _ in range(3):
+        for _ in range(8):
             stack.compose("kill", "-s", "USR2", "haproxy")
             deadline = time.monotonic() + 15
             while worker_pid(stack) == pids[-1]:
                 assert time.monotonic() < deadline, "no new worker after SIGUSR2"
-                time.sleep(0.1)
+                time.sleep(0.05)
             pids.append(worker_pid(stack))
-            time.sleep(1.5)
+            time.sleep(1.0)
 
     result, _ = load_during(stack.url, reloads, requests=12_000)
-    assert len(set(pids)) == 4, pids  # three reloads, each a new worker
+    assert len(set(pids)) == 9, pids  # eight reloads, each a new worker
     assert stack.compose("ps", "-q", "haproxy").stdout.strip() == haproxy  # reloaded, not restarted
+    assert stack.wait_up(3)
+    holds = "nbsrv" in (REPO / "haproxy" / "servers-dns.cfg").read_text()
+    if result.failed and not holds and set(result.failures) == {"http 503"}:
+        log = docker("logs", "--since", since, haproxy, check=False)
+        nosrv = sum("<NOSRV>" in line and " 503 " in line for line in (log.stdout + log.stderr).splitlines())
+        assert nosrv >= result.failed, (nosrv, result.failed)
+        pytest.xfail(f"{result.failed} requests got 503 <NOSRV> from a new worker with empty server "
+                     f"slots over {len(pids) - 1} reloads ({result.total} requests): haproxy/servers-dns.cfg "
+                     "needs a hold for an empty backend (see the test's docstring)")
     assert_no_failures(result, 12_000)

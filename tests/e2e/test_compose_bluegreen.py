@@ -186,24 +186,32 @@ def test_release_to_green_and_rollback_under_load(bg: BlueGreenStack) -> None:
     assert bg.worker_pid() == worker
 
 
-def test_switch_to_a_pool_with_a_container_not_up_is_refused(bg: BlueGreenStack) -> None:
+@pytest.mark.parametrize("how", ["paused", "stopped"])
+def test_switch_to_a_pool_with_a_container_not_up_is_refused(bg: BlueGreenStack, how: str) -> None:
+    """A paused container (HAProxy's checks time out: DOWN) or a stopped one (no address, no
+    row: its agent took it out of rotation on the way) makes the pool not entirely UP."""
     pools = bg.pools()
-    frozen = pools["green"][0]
-    docker("pause", frozen.name)  # HAProxy's checks time out: DOWN
+    out = pools["green"][0]
+    if how == "paused":
+        docker("pause", out.name)
+        expected = r"green\d+ \((DOWN|UP \d/\d)"
+    else:
+        docker("stop", out.name, timeout=90)
+        expected = rf"{re.escape(out.name)} \(exited\) \(not in HAProxy\)"
     try:
         deadline = time.monotonic() + 30
-        while bg.status_by_address("green").get(frozen.address) == "UP":
+        while bg.status_by_address("green").get(out.address) == "UP":
             assert time.monotonic() < deadline
             time.sleep(0.2)
         refused = bg.rollout("switch", "green")
         assert refused.returncode == 1
-        assert re.search(r"refusing to switch to green: not UP and ready: green\d+ \((DOWN|UP \d/\d)",
-                         refused.stderr), refused.stderr
+        assert re.search(r"refusing to switch to green: not UP and ready: " + expected, refused.stderr), \
+            refused.stderr
         assert bg.colors() == ("blue", "blue")
         instances, _ = bg.answered_by(8)
         assert instances == {c.short for c in pools["blue"]}
     finally:
-        docker("unpause", frozen.name, check=False)
+        docker("unpause" if how == "paused" else "start", out.name, check=False)
     bg.wait_up(2, "green")
 
 

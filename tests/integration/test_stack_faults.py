@@ -6,6 +6,7 @@ import os
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import uvloop
@@ -100,3 +101,19 @@ def test_haproxy_restart_in_the_middle_of_a_rollout(stack_factory) -> None:  # t
     assert {s.server: s.status for s in read_servers(engine) if s.status == "UP"} == {
         "app1": "UP", "app2": "UP", "app3": "UP"}
     assert [engine.version_of(i) for i in engine.instances()] == ["v2", "v2", "v2"]
+
+
+def test_a_50_second_request_in_flight_during_a_restart_gets_its_200(stack_factory) -> None:  # type: ignore[no-untyped-def]
+    """The time budget: the drain (70 s) outlasts HAProxy's timeout server (65 s), which outlasts
+    the longest request the service takes (60 s); nothing is cut, nothing is re-sent."""
+    engine = stack_factory()
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(httpx.get, f"{engine.frontend_url()}/cms?delay_ms=50000", timeout=80)
+        wait_for(lambda: sum(s.scur for s in read_servers(engine)) == 1, what="the slow request in flight")
+        holder = next(s.server for s in read_servers(engine) if s.scur == 1)
+        restart = rolling_restart(engine, "v2", {}, 120, lambda e: None)
+        answer = slow.result()
+    assert restart.error is None
+    assert answer.status_code == 200 and answer.json()["delay_ms"] == 50000
+    log = engine.log_tail(next(i for i in engine.instances() if i.name == holder), 400)
+    assert "event=drain.done" in log and "event=drain.timeout" not in log

@@ -80,25 +80,26 @@ def test_only_requests_sent_before_the_signal_are_subtracted() -> None:
     assert trace.in_flight_ms("app1", SIGNAL_AT) == pytest.approx(150)
     (cost,) = restart_costs(LOG, "app1", SIGNAL_AT - 1, SIGNAL_AT + 1, trace)
     assert cost.in_flight_ms == pytest.approx(150)
-    assert cost.ready_ms == cost.up_ms == 120  # the new process answered nothing: haproxy.up
+    assert cost.ready_ms == cost.up_ms == 120  # no watch of HAProxy: until haproxy.up
     assert cost.overhead_ms == pytest.approx(181 - 150 + 120)
 
 
-def test_the_ready_path_ends_at_the_first_request_the_new_process_answered() -> None:
+def test_when_haproxy_drained_and_took_back_the_server_comes_from_the_watch() -> None:
     """HAProxy routes to a server leaving maintenance at once ('UP 1/2'); it shows UP, and the
     agent logs haproxy.up, only after its next passing check."""
     ready_at = SIGNAL_AT + 0.9
-    trace = Trace(raw=[
-        (SIGNAL_AT - 0.05, SIGNAL_AT + 0.10, b'{"instance": "app1"}'),  # the old process: 100 ms in flight
-        (ready_at + 0.030, ready_at + 0.040, b'{"instance": "app1"}'),  # the new one's first
-        (ready_at + 0.020, ready_at + 0.030, b'{"instance": "app2"}'),
-        (ready_at + 0.060, ready_at + 0.070, b'{"instance": "app1"}'),
-    ])
-    assert trace.first_sent_ms("app1", ready_at) == pytest.approx(30)
-    assert trace.first_sent_ms("app3", ready_at) is None
-    (cost,) = restart_costs(LOG, "app1", SIGNAL_AT - 1, SIGNAL_AT + 1, trace)
-    assert (cost.ready_ms, cost.up_ms) == (pytest.approx(30), 120)
-    assert cost.overhead_ms == pytest.approx(181 - 100 + 30)
+    states = [(SIGNAL_AT - 5.0, "UP"), (SIGNAL_AT + 0.062, "DRAIN (agent)"), (SIGNAL_AT + 0.19, "MAINT"),
+              (ready_at + 0.041, "UP 1/2"), (ready_at + 0.7, "UP")]
+    (cost,) = restart_costs(LOG, "app1", SIGNAL_AT - 1, SIGNAL_AT + 1, idle=True, states=states)
+    assert cost.drain_seen_ms == 62  # the pull: HAProxy's next agent-check after the SIGTERM
+    assert (cost.ready_ms, cost.up_ms) == (41, 120)
+    assert cost.overhead_ms == 181 + 41
+    # Later than haproxy.up (a slow watch): haproxy.up it is; no watch at all: the same.
+    late = [*states[:3], (ready_at + 0.3, "UP")]
+    (cost,) = restart_costs(LOG, "app1", SIGNAL_AT - 1, SIGNAL_AT + 1, idle=True, states=late)
+    assert cost.ready_ms == 120
+    (cost,) = restart_costs(LOG, "app1", SIGNAL_AT - 1, SIGNAL_AT + 1, idle=True)
+    assert (cost.drain_seen_ms, cost.ready_ms) == (None, 120)
 
 
 def test_in_flight_longer_than_the_stop_path_is_no_negative_overhead() -> None:

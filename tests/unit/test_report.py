@@ -50,3 +50,15 @@ def test_summary_names_failures_and_verdicts() -> None:
     assert "failed     1 (http 503: 1)" in text
     assert "NOT exactly once: 0 answered but not recorded, 1 processed twice, 1 failed yet processed" in text
     assert "restart    app1 0.50s (done)" in text
+
+
+def test_report_without_matplotlib_says_what_to_install(tmp_path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    from deploy import cli
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    assert cli.main(["--state-dir", str(tmp_path), "check", "--report", str(tmp_path / "r")]) == 2
+    assert "pip install 'zero-downtime-haproxy[report]'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
