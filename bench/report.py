@@ -262,10 +262,10 @@ def usual_part(data: dict[str, Any]) -> list[str]:
 
 
 def respawn_split(record: Record) -> list[tuple[float, float]]:
-    """Per restart: (old agent gone -> `engine.restart()` returned, returned -> new agent's first line), ms.
+    """Per restart: (old agent gone -> `engine.replace()` returned, returned -> new agent's first line), ms.
 
     The old agent's last line is at its SIGTERM stamp plus its own elapsed ms; `started` is the
-    deploy's event when LocalEngine.restart (supervisor's stop, remove and add) returned.
+    deploy's event when LocalEngine.replace (supervisor's stop, remove and add, start) returned.
     """
     started = {e["instance"]: e["at"] for e in (record.get("deploy") or {}).get("events", [])
                if e["name"] == "started"}
@@ -313,9 +313,9 @@ def agent_part(data: dict[str, Any], results: dict[str, Any]) -> list[str]:
     split_loaded = [split for _, record in our_deploys(results) for split in respawn_split(record)]
     split_idle = [split for record in data.get("idle", []) for split in respawn_split(record)]
     rows[4:4] = [
-        ("- of which supervisor's stop, remove and add (old agent gone -> restart() returned)",
+        ("- of which supervisor's stop, remove and add (old agent gone -> replace() returned)",
          spread([a for a, _ in split_loaded]), spread([a for a, _ in split_idle])),
-        ("- of which the new process's start (restart() returned -> new agent's first line)",
+        ("- of which the new process's start (replace() returned -> new agent's first line)",
          spread([b for _, b in split_loaded]), spread([b for _, b in split_idle])),
     ]
     lines += table(["phase", f"under load ({len(loaded)} restarts, sections 2-4)", f"no load ({len(idle)})"],

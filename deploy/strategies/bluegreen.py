@@ -81,13 +81,11 @@ def switch(
     engine: Engine, color: str, say: Callable[[str], None], drain_timeout_s: float = 60.0
 ) -> SwitchResult:
     check_color(color)
-    pool = {i.address for i in engine.instances() if i.backend == color}
-    servers = [stat for stat in read_servers(engine, color) if stat.addr in pool]
+    # Every server of the pool that has an address (compose: the slots DNS filled) must be UP.
+    servers = [stat for stat in read_servers(engine, color) if stat.addr]
     not_up = {stat.server: stat.status for stat in servers if stat.status != "UP"}
-    missing = pool - {stat.addr for stat in servers}
-    if missing or not servers or not_up:
-        detail = ", ".join([f"{name} ({status})" for name, status in not_up.items()]
-                           + [f"{addr} (not in HAProxy)" for addr in sorted(missing)]) or "no servers"
+    if not servers or not_up:
+        detail = ", ".join(f"{name} ({status})" for name, status in not_up.items()) or "no servers"
         raise RolloutError(f"refusing to switch to {color}: not UP and ready: {detail}")
     old = active_color(engine)
     if old == color:
