@@ -1,9 +1,10 @@
 """Section 4: what the agent itself costs, per restart and in memory, and how a deploy grows with instances.
 
 Overhead per instance = the agent's stop path (SIGTERM received -> app signalled) minus what
-the requests in flight on that server still needed (from the strict checker's per-request
-timestamps), plus the ready bookkeeping (app ready -> HAProxy UP). Sections 2 and 3 add
-their traced deploys of our stack to the same figures.
+the requests in flight on that server at the SIGTERM still needed (from the strict checker's
+per-request timestamps), plus the ready path (app ready -> HAProxy routes to it again). Both
+include HAProxy's wait for its next agent-check. Sections 2 and 3 add their traced deploys of
+our stack to the same figures.
 """
 
 from __future__ import annotations

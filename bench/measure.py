@@ -81,7 +81,7 @@ class Context:
 
 def order(items: list[T], run: int) -> list[T]:
     """Rotate the variants' order from run to run, so none is always first (or last) on a drifting machine."""
-    shift = 0
+    shift = run % len(items) if items else 0
     return items[shift:] + items[:shift]
 
 

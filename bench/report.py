@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from bench.summary import Record, costs, median, paired, per_run, pick, spread, where
-from bench.targets import loaded_costs, our_deploys, section, upper_bounds
+from bench.summary import Record, costs, median, per_run, pick, spread, where
+from bench.targets import loaded_costs, middleware_costs, our_deploys, section, upper_bounds
 
 KB_PER_MIB = 1024
 
@@ -177,17 +177,12 @@ def steady_part(data: dict[str, Any]) -> list[str]:
                     "instances' CPU us/request", "HAProxy CPU us/request"], rows)
     lines += prose(STEADY_NOTES)
     without_label, with_label = data["variants"]
-    for client in clients:
-        without = where(runs, client=client, variant=without_label)
-        with_ = where(runs, client=client, variant=with_label)
-        costs_rps = paired(without, with_, "load", "rps")
-        costs_cpu = [-c for c in paired(without, with_, "cpu_us_per_request", "apps")]
-        if costs_rps:
-            lines.append(
-                f"- {client}: the middleware costs {spread([c * 100 for c in costs_rps], 1)} % of req/s"
-                f" (median of the per-run paired costs); the instances' CPU per request"
-                f" {spread([c * 100 for c in costs_cpu], 1)} %."
-            )
+    for client, (costs_rps, costs_cpu) in middleware_costs(runs).items():
+        lines.append(
+            f"- {client}: the middleware costs {spread([c * 100 for c in costs_rps], 1)} % of req/s"
+            f" (median of the per-run paired costs); the instances' CPU per request"
+            f" {spread([c * 100 for c in costs_cpu], 1)} %."
+        )
     asgi = data.get("asgi")
     if isinstance(asgi, dict):
         rps = median(per_run(where(runs, variant=with_label), "load", "rps")) or 0.0

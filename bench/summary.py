@@ -70,13 +70,6 @@ def spread(numbers: Sequence[float], digits: int = 0) -> str:
     return f"{mid:.{digits}f} ({low:.{digits}f}{dash}{high:.{digits}f})"
 
 
-def stats(numbers: Sequence[float]) -> dict[str, float | int | None]:
-    """What results.json keeps per figure: median, min, max and how many values."""
-    if not numbers:
-        return {"median": None, "min": None, "max": None, "n": 0}
-    return {"median": statistics.median(numbers), "min": min(numbers), "max": max(numbers), "n": len(numbers)}
-
-
 def costs(records: Iterable[Record]) -> list[Record]:
     """The agent's per-restart costs of every record that has them."""
     return [cost for record in records for cost in record.get("agent_costs") or []]

@@ -160,6 +160,19 @@ def p99(results: dict[str, Any]) -> dict[str, object] | None:
             "measured": measured, "met": not missed, "why": why}
 
 
+def middleware_costs(runs: list[Record]) -> dict[str, tuple[list[float], list[float]]]:
+    """Per client: the middleware's relative cost in req/s and in the instances' CPU per request,
+    paired within each run."""
+    found = {}
+    for client in ("strict", "wrk"):
+        without = where(runs, client=client, variant="without middleware")
+        with_ = where(runs, client=client, variant="with middleware")
+        rps_costs = paired(without, with_, "load", "rps")
+        if rps_costs:
+            found[client] = (rps_costs, [-c for c in paired(without, with_, "cpu_us_per_request", "apps")])
+    return found
+
+
 def middleware(results: dict[str, Any]) -> dict[str, object] | None:
     """The middleware's cost: its in-process CPU per request against an instance's whole CPU per request.
 
@@ -169,14 +182,7 @@ def middleware(results: dict[str, Any]) -> dict[str, object] | None:
     """
     data = section(results, "steady")
     runs = data.get("runs", [])
-    found = {}
-    for client in ("strict", "wrk"):
-        without = where(runs, client=client, variant="without middleware")
-        with_ = where(runs, client=client, variant="with middleware")
-        rps_costs = paired(without, with_, "load", "rps")
-        cpu_costs = [-c for c in paired(without, with_, "cpu_us_per_request", "apps")]
-        if rps_costs:
-            found[client] = (rps_costs, cpu_costs)
+    found = middleware_costs(runs)
     asgi = data.get("asgi")
     base = median(per_run(where(runs, variant="without middleware"), "cpu_us_per_request", "apps"))
     estimate = asgi["delta_us"] / base if isinstance(asgi, dict) and base else None

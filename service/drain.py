@@ -7,7 +7,6 @@ re-send it elsewhere (`retry-on 503`), POSTs included.
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -33,8 +32,6 @@ class DrainState:
         self.draining = False
         self.drain_started: float | None = None
         self.in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
 
     def start_draining(self) -> None:
         if not self.draining:
@@ -43,15 +40,9 @@ class DrainState:
 
     def enter(self) -> None:
         self.in_flight += 1
-        self._idle.clear()
 
     def leave(self) -> None:
         self.in_flight -= 1
-        if self.in_flight == 0:
-            self._idle.set()
-
-    async def wait_idle(self) -> None:
-        await self._idle.wait()
 
 
 class DrainMiddleware:

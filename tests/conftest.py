@@ -188,6 +188,14 @@ def start_agent(procs: Processes, haproxy: HAProxy, port: int, *extra: str, env:
     )
 
 
+def start_plain_services(procs: Processes, haproxy: HAProxy) -> None:
+    """app2 and app3 without an agent: the rest of the pool that absorbs app1's traffic."""
+    for name, port in (("app2", haproxy.app_ports[1]), ("app3", haproxy.app_ports[2])):
+        procs.start([sys.executable, "-m", "service"], {"SERVICE_PORT": str(port), "SERVICE_INSTANCE": name}, name)
+    for name in ("app2", "app3"):
+        wait_for(lambda name=name: haproxy.server(name).status == "UP", what=f"{name} UP")  # type: ignore[misc]
+
+
 @pytest.fixture
 def haproxy(procs: Processes, tmp_path: Path) -> HAProxy:
     return HAProxy(procs, tmp_path, [free_port(), free_port(), free_port()])

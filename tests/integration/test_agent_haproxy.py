@@ -24,16 +24,9 @@ from tests.conftest import (
     event_times,
     load_during,
     start_agent,
+    start_plain_services,
     wait_for,
 )
-
-
-def start_plain_services(procs: Processes, haproxy: HAProxy) -> None:
-    """app2 and app3 without an agent: the rest of the pool that absorbs app1's traffic."""
-    for name, port in (("app2", haproxy.app_ports[1]), ("app3", haproxy.app_ports[2])):
-        procs.start([sys.executable, "-m", "service"], {"SERVICE_PORT": str(port), "SERVICE_INSTANCE": name}, name)
-    for name in ("app2", "app3"):
-        wait_for(lambda name=name: haproxy.server(name).status == "UP", what=f"{name} UP")  # type: ignore[misc]
 
 
 def app_pid(procs: Processes, log: str = "agent") -> int:

@@ -12,17 +12,17 @@ import httpx
 import uvloop
 
 from deploy.check.loadcheck import LoadPlan, run_load
-from tests.conftest import HAProxy, Processes, event_times, free_port, start_agent, wait_for
+from tests.conftest import (
+    HAProxy,
+    Processes,
+    event_times,
+    free_port,
+    start_agent,
+    start_plain_services,
+    wait_for,
+)
 
 RECORDER = Path(__file__).parent / "apps" / "recorder.py"
-
-
-def start_plain_services(procs: Processes, haproxy: HAProxy) -> None:
-    """app2 and app3 without an agent: the rest of the pool that absorbs app1's traffic."""
-    for name, port in (("app2", haproxy.app_ports[1]), ("app3", haproxy.app_ports[2])):
-        procs.start([sys.executable, "-m", "service"], {"SERVICE_PORT": str(port), "SERVICE_INSTANCE": name}, name)
-    for name in ("app2", "app3"):
-        wait_for(lambda name=name: haproxy.server(name).status == "UP", what=f"{name} UP")  # type: ignore[misc]
 
 
 def load_in_background(url: str, requests: int = 6000, concurrency: int = 50):  # type: ignore[no-untyped-def]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench import measure
+from bench import clients
 from bench.measure import LoadSpec, installed, order
 from bench.strategies import DeployTiming
 from deploy.strategies.rolling import Event, RestartResult
@@ -46,7 +46,7 @@ def test_order_rotates_the_variants_from_run_to_run() -> None:
 
 
 def test_loads_whose_client_is_missing_are_left_out_with_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(measure.clients, "available", lambda tool: tool == "wrk")
+    monkeypatch.setattr(clients, "available", lambda tool: tool == "wrk")
     plan = [LoadSpec("hey", requests=10), LoadSpec("wrk", duration_s=1), LoadSpec("strict", requests=10)]
     kept, notes = installed(plan)
     assert [load.client for load in kept] == ["wrk", "strict"]
