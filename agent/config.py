@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import math
 import os
+import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -43,6 +44,7 @@ class AgentConfig:
     poll_interval_s: float = 0.05  # drain and readiness polling
     stats_timeout_s: float = 1.0  # per stats read
     metrics_port: int = 0  # 0: no metrics endpoint
+    drain_notify: str = ""  # '': off; else the signal the app gets once out of rotation (SIGUSR1)
 
     def __post_init__(self) -> None:
         if not self.command:
@@ -85,6 +87,14 @@ class AgentConfig:
         ):
             if not low <= port < 65536:
                 raise ConfigError(f"{flag} {port}: not a TCP port")
+        if self.drain_notify:  # held as its canonical name: 'usr1' -> 'SIGUSR1'
+            canonical = signal.Signals(parse_notify_signal(self.drain_notify)).name
+            object.__setattr__(self, "drain_notify", canonical)
+
+    @property
+    def drain_notify_signal(self) -> int | None:
+        """The signal number of --drain-notify, or None when it is off."""
+        return parse_notify_signal(self.drain_notify) if self.drain_notify else None
 
     @property
     def port(self) -> int:
@@ -98,6 +108,26 @@ class AgentConfig:
         if self.server:
             return f"{self.backend or '*'}/{self.server}"
         return f"*:{self.port}"
+
+
+# The stop signals end the app at the end of the drain; KILL and STOP cannot be handled.
+NOT_A_NOTICE = {signal.SIGTERM, signal.SIGINT, signal.SIGKILL, signal.SIGSTOP}
+
+
+def parse_notify_signal(text: str) -> int:
+    """`SIGUSR1`, `USR1`, `usr1` or `10` -> 10; a stop signal, or no signal at all, is refused."""
+    name = text.strip().upper()
+    try:
+        sig = signal.Signals(int(name)) if name.isdigit() else signal.Signals[
+            name if name.startswith("SIG") else "SIG" + name]
+    except (KeyError, ValueError):
+        raise ConfigError(f"--drain-notify {text!r}: not a signal; e.g. SIGUSR1") from None
+    if sig in NOT_A_NOTICE:
+        why = ("a stop signal: the app gets it at the end of the drain"
+               if sig in (signal.SIGTERM, signal.SIGINT) else "no app can handle it")
+        raise ConfigError(f"--drain-notify {sig.name}: {why}; give a signal the app handles as "
+                          "'close your long-lived connections', e.g. SIGUSR1")
+    return int(sig)
 
 
 # flag -> (field, type); the env variable is ENV_PREFIX + the flag in capitals.
@@ -115,6 +145,7 @@ FLAGS = {
     "--poll-interval": ("poll_interval_s", float),
     "--stats-timeout": ("stats_timeout_s", float),
     "--metrics-port": ("metrics_port", int),
+    "--drain-notify": ("drain_notify", str),
 }
 HELP = {
     "--haproxy-stats": "a HAProxy's read-only stats CSV, http://host:port/stats;csv; repeat it "
@@ -131,6 +162,9 @@ HELP = {
     "--poll-interval": "seconds between drain and readiness polls",
     "--stats-timeout": "max seconds for one stats read",
     "--metrics-port": "serve Prometheus metrics on this port (0: off)",
+    "--drain-notify": "once every HAProxy sends this server no new work, send the app this "
+                      "signal (e.g. SIGUSR1) so it closes its WebSockets and event streams; the "
+                      "drain then waits for 0 sessions as before (default: off)",
 }
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(AgentConfig)}
 

@@ -42,7 +42,10 @@ EVENTS = {
     "haproxy.missing": "a HAProxy's stats have no server with this instance's address",
     "haproxy.error": "a HAProxy's stats could not be read (retried)",
     "drain.done": "every HAProxy shows this server out of rotation with zero sessions",
-    "drain.timeout": "--drain-timeout passed before every HAProxy showed zero",
+    "drain.notify": "every HAProxy sends this server no new work: the app got --drain-notify's "
+                    "signal, once, to close its long-lived connections (sessions: open then)",
+    "drain.timeout": "--drain-timeout passed before every HAProxy showed zero (sessions: left "
+                     "open, cut when the app stops)",
     "drain.cut": "the drain ended early: a second signal, or the app exited",
     "signal.received": "a stop signal: the drain begins",
     "signal.again": "a second stop signal: the drain is cut short",

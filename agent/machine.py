@@ -7,6 +7,9 @@
               rotation with scur + qcur == 0 (a failed read is retried, never taken as
               drained; bounded by --drain-timeout); only then signal the app; wait for it
               (bounded by --stop-timeout, then SIGKILL); exit with its code.
+              With --drain-notify SIG: as soon as every HAProxy shows the server out of
+              rotation (no new work can arrive), the app gets SIG, once, so it closes its
+              long-lived connections (WebSockets, event streams) and the sessions reach 0.
     app dies: answer maint; exit with its code.
 
 The machine does no I/O of its own: it is handed its HAProxies' stats, the app (a `Child`),
@@ -245,16 +248,22 @@ class Agent:
         every HAProxy. Every round reads every HAProxy: one that restarted after it had drained
         is UP again and takes requests until its next agent-check."""
         assert self.child is not None
-        deadline = self.clock.now() + self.config.drain_timeout_s
+        began = self.clock.now()
+        deadline = began + self.config.drain_timeout_s
         busy: dict[str, int | str] = {h.url: "unread" for h in self.haproxies}
+        notify = self.config.drain_notify_signal
         while True:
             if self.forced.is_set() or self.child.exited.done():
                 self.event("drain.cut", reason="second signal" if self.forced.is_set() else "app exited")
                 return
             if self.clock.now() >= deadline:
                 left = {url: n for url, n in busy.items() if n != 0}
+                # `sessions`: how many were still open, which the app's stop cuts (say, clients
+                # that ignored its close).
+                cut = sum(n for n in left.values() if isinstance(n, int))
                 self.event("drain.timeout", logging.WARNING, timeout_s=self.config.drain_timeout_s,
                            left=",".join(f"{url}={n}" for url, n in left.items()),
+                           **({"sessions": cut} if cut else {}),
                            hint="relying on the app's own drain")
                 return
             for haproxy in self.haproxies:
@@ -265,6 +274,14 @@ class Agent:
                     busy[haproxy.url] = "accepting"
                 else:
                     busy[haproxy.url] = sum(row.busy for row in rows)
+            if notify is not None and self.app_ready and all(isinstance(n, int) for n in busy.values()):
+                # Out of rotation everywhere: what is still open can only end, so the app may
+                # close its long-lived connections now; the drain then waits for 0 as before.
+                if self.child.send(notify):
+                    self.event("drain.notify", signal=signal.Signals(notify).name,
+                               sessions=sum(int(n) for n in busy.values()),
+                               after_ms=int((self.clock.now() - began) * 1000))
+                notify = None
             if all(n == 0 for n in busy.values()):
                 self.event("drain.done")
                 return

@@ -185,7 +185,8 @@ def parse_wrk(text: str, wall_s: float) -> LoadRow:
     if non2xx:
         failures["non-2xx"] = non2xx
     latency = re.search(r"Latency\s+(\S+)\s+(\S+)\s+(\S+)", text)
-    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", text, re.M))
+    # wrk pads a one-letter unit with a space: "     99%    1.02s " (but "   21.82ms").
+    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+) ?$", text, re.M))
     # Requests that got a socket error (a reset, a timeout) are not among the completed ones.
     transport = sum(socket_errors.values())
     return LoadRow(

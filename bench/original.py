@@ -55,11 +55,16 @@ def run(ctx: Context) -> dict[str, object]:
     }
 
 
+def ms(value: object, digits: int = 1) -> str:
+    """A latency for a progress line ('-' when the client did not report it)."""
+    return f"{value:.{digits}f}" if isinstance(value, int | float) else "-"
+
+
 def describe(record: dict[str, object]) -> str:
     row = record["load"]
     assert isinstance(row, dict)
     text = (f"{row['requests']} requests, failed {row['failed']} {row['failures'] or ''}, "
-            f"p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, max {row['max_ms']:.0f} ms")
+            f"p50 {ms(row['p50_ms'])} ms, p99 {ms(row['p99_ms'])} ms, max {ms(row['max_ms'], 0)} ms")
     deploy = record.get("deploy")
     if isinstance(deploy, dict):
         seconds = deploy.get("seconds")

@@ -14,6 +14,7 @@ from __future__ import annotations
 from bench import asgi_cost
 from bench.log import say
 from bench.measure import Context, LoadSpec, installed, measure, order
+from bench.original import ms
 from bench.stacks import Stacks, StackSpec
 
 KEY = "steady"
@@ -48,7 +49,7 @@ def run(ctx: Context) -> dict[str, object]:
                     row, cpu = record["load"], record["cpu_us_per_request"]
                     assert isinstance(row, dict) and isinstance(cpu, dict)
                     say(f"[steady] run {index + 1} {label:>18} {load.client:6} {row['rps']:8.0f} req/s "
-                        f"p50 {row['p50_ms']:.1f} ms p99 {row['p99_ms']:.1f} ms failed {row['failed']}, "
+                        f"p50 {ms(row['p50_ms'])} ms p99 {ms(row['p99_ms'])} ms failed {row['failed']}, "
                         f"CPU per request: apps {cpu['apps']:.0f} us, HAProxy {cpu['haproxy']:.0f} us")
     say("[steady] in-process ASGI cost of the middleware (CPU time, interleaved rounds)")
     asgi = asgi_cost.measure(rounds=7 if ctx.quick else 21)

@@ -13,10 +13,12 @@ import threading
 import time
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from deploy.check import streams
 from deploy.check.loadcheck import LoadPlan, LoadResult, check_ledgers, run_load
 from deploy.check.report import summary, write_report
+from deploy.check.streams import StreamsResult
 from deploy.check.timeline import instance_timeline
 from deploy.engines.base import Engine, check_env, check_version
 from deploy.engines.compose import DockerEngine, find_stack
@@ -33,6 +35,7 @@ from deploy.strategies.rolling import (
 )
 
 RESTART_TIMEOUT_S = 90.0
+T = TypeVar("T")
 READY_PATH = re.compile(r"/[A-Za-z0-9/._~-]*")
 
 
@@ -115,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--slow-ms", type=int, default=200, help="delay of slow GETs (default 200)")
     check.add_argument("--post-bytes", type=byte_range, default=(0, 2048), metavar="MIN-MAX",
                        help="size of each POST's body, e.g. 20k-1m (default 0-2k)")
+    check.add_argument("--ws-clients", type=int, default=0,
+                       help="WebSocket clients alongside, reconnecting on close (default 0)")
+    check.add_argument("--ws-rate", type=float, default=20.0,
+                       help="messages/s per WebSocket client (default 20)")
+    check.add_argument("--sse-clients", type=int, default=0,
+                       help="server-sent-event clients alongside, resuming from the last id (default 0)")
+    check.add_argument("--sse-interval-ms", type=int, default=100, help="event period asked (default 100)")
     check.add_argument("--timeout", type=float, default=30.0, help="per request (default 30 s)")
     check.add_argument("--url", help="target (default: the stack's frontend /cms)")
     check.add_argument("--report", metavar="DIR",
@@ -328,6 +338,10 @@ def cmd_check(engine: Engine, args: argparse.Namespace) -> int:
             slow_share=args.slow_share, slow_ms=args.slow_ms, post_bytes=args.post_bytes,
             timeout_s=args.timeout,
         )
+        streams_plan = streams.StreamsPlan(
+            url=engine.frontend_url(), ws_clients=args.ws_clients, ws_rate=args.ws_rate,
+            sse_clients=args.sse_clients, sse_interval_ms=args.sse_interval_ms,
+        ) if args.ws_clients or args.sse_clients else None
     except ValueError as exc:
         raise RolloutError(f"check: {exc}", exit_code=2) from None
     if args.restart and not engine.is_up():
@@ -354,23 +368,35 @@ def cmd_check(engine: Engine, args: argparse.Namespace) -> int:
         threading.Thread(target=restart_in_background, daemon=True).start()
     say(f"load: {plan.requests or plan.duration_s} {'requests' if plan.requests else 's'} "
         f"at concurrency {plan.concurrency} on {plan.url}")
-    result = run_event_loop(
-        run_load(plan, progress, keep_going=lambda: args.restart and not restart_done.is_set())
-    )
+    load = run_load(plan, progress, keep_going=lambda: args.restart and not restart_done.is_set())
+    clients: StreamsResult | None = None
+    if streams_plan is None:
+        result = run_event_loop(load)
+    else:
+        result, clients = run_event_loop(streams.alongside(streams_plan, load))
     ledger = check_ledgers(result, engine.ledgers()) if engine.ledgers() else None
     print(summary(result, ledger, restart, plan.concurrency))
+    ws_ledger = streams.check_ws_ledgers(clients, engine.ledgers()) if clients and engine.ledgers() else None
+    if clients is not None:
+        print(streams.summary(clients, ws_ledger))
     if args.report:
         timeline = instance_timeline(engine, result.started)
+        if clients is not None:
+            timeline = sorted(timeline + streams.timeline_events(clients), key=lambda e: e.at)
         written = write_report(Path(args.report), result, ledger, restart, plan, timeline)
+        if clients is not None:
+            streams.append_to_report(Path(args.report), clients, ws_ledger, result.started)
         say("report: " + ", ".join(str(path) for path in written))
     failed = result.failed > 0 or (ledger is not None and not ledger.ok)
+    failed = failed or (clients is not None and not clients.ok)
+    failed = failed or (ws_ledger is not None and not ws_ledger.ok)
     if restart is not None and restart.error:
         say(restart.error)
         failed = True
     return 1 if failed else 0
 
 
-def run_event_loop(coroutine: Coroutine[Any, Any, LoadResult]) -> LoadResult:
+def run_event_loop(coroutine: Coroutine[Any, Any, T]) -> T:
     try:
         import uvloop
 

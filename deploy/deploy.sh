@@ -12,9 +12,11 @@
 # (drain-agent): it answers `drain` to HAProxy's agent-check, waits for zero sessions, stops the
 # app and exits. Capacity never drops below N. Stop-first does the same in the other order (and
 # is what a surge falls back to when every server slot in HAProxy already holds a container).
-# Rules: an old container is stopped only while another server is UP; a new one that is not UP
-# on the new version in time halts the deploy (exit 1), is removed, and the containers not yet
-# replaced are listed; they keep running the old version.
+# Rules: an old container is stopped only while another server is exactly UP; a new one that is
+# not UP on the new version in time halts the deploy (exit 1), is removed, and the containers not
+# yet replaced are listed; they keep running the old version. A stopped or paused container of
+# the service is refused up front (compose would start the stopped one instead of a new one,
+# and cannot scale around a paused one).
 #
 # Environment: VERSION (or the first argument), DEPLOY_TIMEOUT (per container, default 90 s),
 # DEPLOY_SERVICE (default app), DEPLOY_APP_PORT (the app's port in the container, 8000),
@@ -57,10 +59,13 @@ since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; 
 read -r -a old_ids <<<"$(docker compose ps -q "$service" 2>/dev/null | tr '\n' ' ')"
 [ "${#old_ids[@]}" -gt 0 ] || fail "no running container of '$service'; start the stack with: docker compose up -d --wait"
 # `up --scale N+1` starts a stopped container of the service (old version, old settings) before
-# it creates a new one: refuse instead of deploying that.
+# it creates a new one, and fails on a paused one: refuse both up front.
 stopped=$(docker compose ps -a --status exited --status created --status dead --format '{{.Name}}' "$service" | tr '\n' ' ')
 stopped=${stopped% }
 [ -z "$stopped" ] || fail "stopped containers of '$service': $stopped; a new container would be one of them started again. Start them (docker start $stopped) or remove them (docker rm $stopped) first"
+paused=$(docker compose ps -a --status paused --format '{{.Name}}' "$service" | tr '\n' ' ')
+paused=${paused% }
+[ -z "$paused" ] || fail "paused containers of '$service': $paused; compose cannot scale the service around them. Unpause them (docker unpause $paused) or remove them (docker rm -f $paused) first"
 if [ -z "$version" ]; then
   image=$(docker inspect -f '{{.Config.Image}}' "${old_ids[0]}")
   version=${image##*:}
@@ -87,9 +92,10 @@ status_of() {
   local addr; addr="$(address_of "$1"):$app_port"
   servers | awk -v a="$addr" '$1 == a { $1 = ""; sub(/^ /, ""); print; found = 1 } END { if (!found) print "missing" }'
 }
+# Servers UP, not counting this container's: exactly "UP" (not "UP 1/2", a server on its way down).
 up_except() {
   local addr; addr="$(address_of "$1"):$app_port"
-  servers | awk -v a="$addr" '$1 != a && $2 == "UP" { n++ } END { print n + 0 }'
+  servers | awk -v a="$addr" '$1 != a && $2 == "UP" && NF == 2 { n++ } END { print n + 0 }'
 }
 version_of() {
   [ -n "$version_url" ] || { echo "$version"; return; }

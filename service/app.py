@@ -1,4 +1,5 @@
-"""Routes of the reference service: the demo endpoint, probes, version and metrics."""
+"""Routes of the reference service: the demo endpoint, WebSocket echo and event stream (see
+service.streams), probes, version and metrics."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from starlette.routing import Route
 from service.config import ServiceConfig
 from service.drain import DrainMiddleware, DrainState
 from service.metrics import MetricsMiddleware, ServiceMetrics
+from service.streams import stream_routes
 
 MAX_DELAY_MS = 60_000
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -42,6 +44,10 @@ def create_app(config: ServiceConfig, state: DrainState | None = None, *, drain:
     # frontend does not serve (haproxy.cfg): operators read it on the instance itself.
     identity = {"instance": config.instance, "version": config.version}
     ledger = open(config.post_ledger, "a", buffering=1) if config.post_ledger else None  # noqa: SIM115
+
+    def record(line: str) -> None:
+        if ledger is not None:
+            ledger.write(line + "\n")
 
     async def cms_get(request: Request) -> Response:
         raw = request.query_params.get("delay_ms", "0")
@@ -115,6 +121,8 @@ def create_app(config: ServiceConfig, state: DrainState | None = None, *, drain:
     return Starlette(
         routes=[
             Route("/cms", cms, methods=["GET", "POST"]),
+            *stream_routes(identity, state.streams, lambda: state.draining,
+                           record if ledger is not None else None),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/version", version),

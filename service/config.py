@@ -24,7 +24,9 @@ class ServiceConfig:
     drain_linger_s: float = 0.0  # keep answering 503 at least this long after SIGTERM
     keep_alive_s: float = 75.0  # above HAProxy's idle-pool purge, so HAProxy closes first
     max_body_bytes: int = 1_048_576
-    post_ledger: str | None = None  # append each processed POST's request id here (tests)
+    # Append each processed POST's request id here, and each WebSocket message as ws:<client>:<seq>
+    # (tests: exactly once, proven from the instances' ledgers)
+    post_ledger: str | None = None
     access_log: bool = False
 
     def __post_init__(self) -> None:

@@ -11,6 +11,8 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.streams import Streams
+
 # Probes and scrapes stay answered while draining and never count as work in flight.
 EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 RETRY_AFTER_S = 1
@@ -25,9 +27,11 @@ _DRAINING_HEADERS = [
 
 
 class DrainState:
-    """Shared between the middleware, the routes and the server: draining flag and work in flight."""
+    """Shared between the middleware, the routes and the server: draining flag and work in flight
+    (an event stream counts while it runs), and the long-lived connections (`streams`)."""
 
     def __init__(self) -> None:
+        self.streams = Streams()
         self.ready = False
         self.draining = False
         self.drain_started: float | None = None
@@ -37,6 +41,8 @@ class DrainState:
         if not self.draining:
             self.draining = True
             self.drain_started = time.monotonic()
+            # Without an earlier notice (drain-agent --drain-notify), SIGTERM releases them.
+            self.streams.request_release("sigterm")
 
     def enter(self) -> None:
         self.in_flight += 1

@@ -10,7 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.drain import DrainState
 
 # Known routes keep the label set small; anything else is counted as "other".
-ROUTES = frozenset({"/cms", "/healthz", "/readyz", "/version", "/metrics"})
+ROUTES = frozenset({"/cms", "/events", "/healthz", "/readyz", "/version", "/metrics"})
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -39,6 +39,12 @@ class ServiceMetrics:
             registry=self.registry,
         )
         draining.set_function(lambda: 1 if state.draining else 0)
+        streams = Gauge(
+            "service_open_streams", "Long-lived connections open now: WebSockets (ws), event streams (sse).",
+            ["kind"], registry=self.registry,
+        )
+        streams.labels("ws").set_function(lambda: state.streams.websockets)
+        streams.labels("sse").set_function(lambda: state.streams.sse)
 
 
 class MetricsMiddleware:

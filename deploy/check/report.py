@@ -161,7 +161,8 @@ def plot_timeline(data: dict[str, Any], path: Path) -> None:
     latency.set_ylim(bottom=0)
     colors = {"restart": "tab:purple", "drain": "tab:purple", "drained": "tab:blue", "stopped": "tab:gray",
               "started": "tab:gray", "ready": "tab:green", "up": "tab:green", "failed": "tab:red",
-              "drain-timeout": "tab:red"}
+              "drain-timeout": "tab:red",
+              "notify": "tab:cyan", "ws-reconnect": "tab:olive", "sse-reconnect": "tab:olive"}
     for event in data["instance_events"]:
         ax.axvline(event["t"], color=colors.get(event["event"], "black"), linestyle="--", linewidth=0.8)
         ax.annotate(f"{event['instance']} {event['event']}", (event["t"], 0), rotation=90, fontsize=7,

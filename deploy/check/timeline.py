@@ -17,6 +17,7 @@ LINE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z drain-agent\[\d+\]
 # agent event -> the name on the timeline
 MARKED = {
     "signal.received": "drain",
+    "drain.notify": "notify",
     "drain.done": "drained",
     "drain.timeout": "drain-timeout",
     "app.exited": "stopped",

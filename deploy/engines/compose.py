@@ -44,6 +44,7 @@ UP_TIMEOUT_S = 600.0  # a cold build downloads the dependencies
 STOP_GRACE_S = 60.0  # as the compose file's stop_grace_period: > drain 20 s + app stop 25 s
 RECREATE_TIMEOUT_S = STOP_GRACE_S + 60
 QUICK_TIMEOUT_S = 15.0
+LOG_LINES_KEPT = 40  # of each container this engine removes
 VERSION_SCRIPT = """
 import json, os, urllib.request as u
 port = os.environ.get("SERVICE_PORT", "8000")
@@ -67,6 +68,7 @@ class DockerEngine:
         self._addresses: dict[int, str] = {}
         self._built: set[str] = set()  # versions whose image this engine built
         self._config: dict[str, Any] | None = None
+        self._removed_logs: dict[str, str] = {}  # container name -> its last lines, before `docker rm`
 
     # -- docker compose ----------------------------------------------------------------
 
@@ -186,19 +188,22 @@ class DockerEngine:
 
     def check_none_stopped(self) -> None:
         """Compose scales a service up by starting its stopped containers first (their old
-        version and settings) before it creates any: so a stopped one would come back instead
-        of a new one. Refuse before anything is stopped or started."""
-        stopped = []
-        for service in self.services():
-            ids = self.run("ps", "-a", "-q", "--status", "exited", "--status", "created",
-                           "--status", "dead", service).split()
-            stopped += [name for _, name, _ in self.inspect(ids)]
-        if stopped:
-            names = " ".join(sorted(stopped))
-            raise RolloutError(
-                f"stopped containers of the app: {names}; a new container would be this old one "
-                f"started again. Start them (docker start {names}) or remove them (docker rm "
-                f"{names}) first")
+        version and settings) before it creates any, and fails on a paused one: so refuse
+        before anything is stopped or started."""
+        for states, what, fix in (
+            (("exited", "created", "dead"), "stopped", "Start them (docker start {names}) or remove "
+             "them (docker rm {names}) first: a new container would be one of them started again"),
+            (("paused",), "paused", "Unpause them (docker unpause {names}) or remove them "
+             "(docker rm -f {names}) first: compose cannot scale the service around them"),
+        ):
+            found = []
+            for service in self.services():
+                status = [arg for state in states for arg in ("--status", state)]
+                ids = self.run("ps", "-a", "-q", *status, service).split()
+                found += [name for _, name, _ in self.inspect(ids)]
+            if found:
+                names = " ".join(sorted(found))
+                raise RolloutError(f"{what} containers of the app: {names}. {fix.format(names=names)}")
 
     def build(self, version: str, env: Mapping[str, str]) -> None:
         """Once per version: the app services of a file share one build and one image name
@@ -238,8 +243,12 @@ class DockerEngine:
                     "(without --surge), or give HAProxy more slots (ZDH_SLOTS)")
 
     def retire(self, instances: list[Instance]) -> None:
+        """Stop (each agent drains first) and remove; their last log lines are kept, so that
+        log_tail still shows why a removed replacement never got UP."""
         names = [i.name for i in instances]
         docker("stop", "--time", str(int(STOP_GRACE_S)), *names, timeout_s=RECREATE_TIMEOUT_S)
+        for name in names:
+            self._removed_logs[name] = self.log_tail(Instance(name, ""), LOG_LINES_KEPT)
         docker("rm", *names)
 
     def scale_up(
@@ -279,6 +288,8 @@ class DockerEngine:
             return docker("logs", "--tail", str(lines), instance.name, merge=True).rstrip() \
                 or f"(no logs for {instance.name})"
         except RolloutError as exc:
+            if instance.name in self._removed_logs:  # retired by this engine: what it said last
+                return "\n".join(self._removed_logs[instance.name].splitlines()[-lines:])
             return f"(no logs: {exc})"
 
     # -- blue/green (the Engine members deploy.strategies.bluegreen uses) ---------------------

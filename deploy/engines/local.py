@@ -312,6 +312,10 @@ stdout_logfile={self.root / "logs" / "haproxy.log"}
             # The agent's settings that `rollout restart --env` may override:
             "DRAIN_AGENT_HAPROXY_STATS": f"http://127.0.0.1:{self.stack.stats_port}/stats;csv",
             "DRAIN_AGENT_START_TIMEOUT": f"{self.stack.start_timeout_s:g}",
+            # The reference service closes its WebSockets and event streams on SIGUSR1
+            # (docs/streams.md); another app gets no such signal unless its --env asks.
+            **({"DRAIN_AGENT_DRAIN_NOTIFY": "SIGUSR1"}
+               if self.stack.app_command == REFERENCE_SERVICE else {}),
             **self.stack.app_env,
             **extra,
         }

@@ -406,6 +406,7 @@ class ComposeStack:
     def ensure(self, count: int = 3, service: str = "app") -> list[Container]:
         """`count` containers of the service UP on the stack's version; a test that failed
         half-way (paused or broken containers, a different scale) is repaired first."""
+        self.sync_version(service)
         try:
             return self.wait_up(count, service, timeout=10)
         except AssertionError:
@@ -423,6 +424,18 @@ class ComposeStack:
                 docker("rm", "-f", container.name, check=False)
         self.compose("up", "-d", "--wait", "--scale", f"{service}={count}", timeout=UP_TIMEOUT_S)
         return self.wait_up(count, service, timeout=60)
+
+    def sync_version(self, service: str = "app") -> None:
+        """Set the service's version variable to what its containers run, when they agree: a
+        test that failed after a deploy must not leave a stale one (compose would then
+        recreate every container on the next `up`)."""
+        variable = "SERVICE_VERSION" if service == "app" else f"{service.upper()}_VERSION"
+        found = set()
+        for container in self.containers(service):
+            env = json.loads(docker("inspect", "--format", "{{json .Config.Env}}", container.name).stdout)
+            found |= {item.partition("=")[2] for item in env if item.startswith("SERVICE_VERSION=")}
+        if len(found) == 1:
+            self.env[variable] = found.pop()
 
 
 @pytest.fixture(scope="module")

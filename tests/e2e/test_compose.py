@@ -231,20 +231,27 @@ def in_order(stack: ComposeStack, tool: str) -> list[Container]:
     return containers
 
 
+def slot_of(stack: ComposeStack, container: Container) -> str:
+    return next(f"{r.backend}/{r.server}" for r in stack.rows("app") if r.addr == container.address)
+
+
 @pytest.mark.parametrize("tool", ["deploy.sh --stop-first", "rollout restart"])
 def test_with_only_one_server_up_both_tools_refuse_to_stop_it(healthy_stack: ComposeStack, tool: str) -> None:
-    """Stop-first's guard (a surge adds a server before it stops one, so it never stops the last)."""
+    """Stop-first's guard (a surge adds a server before it stops one, so it never stops the
+    last). The others are out of rotation the operator's way: `disable agent` (or the agent's
+    next `ready` would lift it) and `set server ... state maint` on the Runtime API."""
     stack = healthy_stack
     before = in_order(stack, tool)
     target, others = before[0], before[1:]
-    for container in others:  # frozen: HAProxy's checks (and agent-checks) time out
-        docker("pause", container.name)
+    slots = [slot_of(stack, c) for c in others]
+    for slot in slots:
+        assert stack.haproxy_command(f"disable agent {slot}").strip() == ""
+        assert stack.haproxy_command(f"set server {slot} state maint").strip() == ""
     try:
-        deadline = time.monotonic() + 30
-        while any(stack.status_by_address().get(c.address) == "UP" for c in others):
-            assert time.monotonic() < deadline, stack.status_by_address()
-            time.sleep(0.2)
-        assert stack.status_by_address()[target.address] == "UP"
+        time.sleep(0.5)  # several agent-check periods: nothing lifts the maint
+        statuses = stack.status_by_address()
+        assert [statuses[c.address] for c in others] == ["MAINT", "MAINT"], statuses
+        assert statuses[target.address] == "UP"
 
         run = DEPLOYS[tool](stack, "e2e-guard", 30)
 
@@ -256,38 +263,43 @@ def test_with_only_one_server_up_both_tools_refuse_to_stop_it(healthy_stack: Com
             assert (f"[{target.name}] no other server of app is UP in HAProxy: stopping it would cut "
                     f"service\nrollout halted; untouched: {', '.join(c.name for c in before)}") in run.stderr
         # Nothing changed: the same containers (no new one, none stopped), the same version.
-        after = stack.containers(all=True)
-        assert {(c.id, c.state) for c in after} == {(target.id, "running")} | {(c.id, "paused") for c in others}
+        assert stack.containers(all=True) == sorted(before, key=lambda c: c.created)
         assert stack.version_of(target) == stack.version
         assert stack.status_by_address()[target.address] == "UP"
     finally:
-        for container in others:
-            docker("unpause", container.name, check=False)
+        for slot in slots:
+            stack.haproxy_command(f"set server {slot} state ready")
+            stack.haproxy_command(f"enable agent {slot}")
     assert {c.id for c in stack.wait_up(3)} == {c.id for c in before}
 
 
+@pytest.mark.parametrize("state", ["paused", "stopped"])
 @pytest.mark.parametrize("tool", ["deploy.sh", "rollout restart"])
-def test_with_a_stopped_container_both_tools_refuse_to_start(healthy_stack: ComposeStack, tool: str) -> None:
+def test_with_a_paused_or_stopped_container_both_tools_refuse_to_start(
+        healthy_stack: ComposeStack, tool: str, state: str) -> None:
     """Compose scales up by starting a stopped container (old version, old settings) before it
-    creates one: both tools refuse up front, and `rollout status` shows the stopped one."""
+    creates one, and fails on a paused one: both tools refuse up front, having changed nothing,
+    and `rollout status` shows a stopped one."""
     stack = healthy_stack
     before = stack.containers()
-    stopped = before[1]
-    docker("stop", stopped.name, timeout=90)
+    out = before[1]
+    docker("pause" if state == "paused" else "stop", out.name, timeout=90)
     try:
-        status = stack.rollout("status")
-        assert any(line.split()[:2] == [stopped.name, "missing"] for line in status.stdout.splitlines()), \
-            status.stdout
-        run = DEPLOYS[tool](stack, "e2e-stopped", 30)
+        if state == "stopped":
+            status = stack.rollout("status")
+            assert any(line.split()[:2] == [out.name, "missing"] for line in status.stdout.splitlines()), \
+                status.stdout
+        run = DEPLOYS[tool](stack, f"e2e-{state}", 30)
         assert run.returncode == 1, f"{run.stdout}\n{run.stderr}"
-        assert re.search(rf"stopped containers of (the app|'app'): {re.escape(stopped.name)}; a new container "
-                         "would be", run.stderr), run.stderr
+        assert re.search(rf"{state} containers of (the app|'app'): {re.escape(out.name)}[;.] ", run.stderr), run.stderr
         after = stack.containers(all=True)
-        assert {(c.id, c.state) for c in after} == {(c.id, "exited" if c is stopped else "running") for c in before}
-        assert set(stack.versions().values()) == {stack.version}
+        expected = {(c.id, "exited" if c is out and state == "stopped" else state if c is out else "running")
+                    for c in before}
+        assert {(c.id, c.state) for c in after} == expected
     finally:
-        docker("start", stopped.name, check=False)
+        docker("unpause" if state == "paused" else "start", out.name, check=False)
     assert {c.id for c in stack.wait_up(3)} == {c.id for c in before}
+    assert set(stack.versions().values()) == {stack.version}
 
 
 @pytest.mark.parametrize("tool", DEPLOYS)
@@ -297,6 +309,7 @@ def test_a_release_haproxy_cannot_reach_halts_the_deploy(healthy_stack: ComposeS
     command without it (the control, and the fix forward) goes through."""
     stack = healthy_stack
     before = in_order(stack, tool)
+    versions_before = stack.versions()
     surge = "stop-first" not in tool and tool != "rollout restart"
     fixed = "e2e-fix-" + re.sub(r"[^a-z]+", "-", tool).strip("-")
     runs: dict[str, subprocess.CompletedProcess[str]] = {}
@@ -337,7 +350,7 @@ def test_a_release_haproxy_cannot_reach_halts_the_deploy(healthy_stack: ComposeS
     for container in untouched:
         assert after[container.id].state == "running", container
         assert statuses[container.address] == "UP", (container, statuses)
-        assert versions[container.name] == stack.version, versions
+        assert versions[container.name] == versions_before[container.name], versions
     leftover = [c for c in containers_after if c.id not in {b.id for b in before}]
     assert not any(statuses.get(c.address) == "UP" for c in leftover), (leftover, statuses)
 

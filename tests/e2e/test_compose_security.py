@@ -72,7 +72,9 @@ def test_every_haproxy_port_and_unix_socket_refuses_admin_commands_from_an_app(s
     assert cli_answered(stack.haproxy_command("show info"))
     with StateWatch(stack) as control:
         assert stack.haproxy_command("set server app/app2 state maint").strip() == ""
-    assert any("app2" in change and "MAINT" in change for change in control.changes()), control.changes()
+    # (MAINT for a few ms until the agent's next `ready`: the samples may catch MAINT or only
+    # the way back up, HAProxy's log has it either way.)
+    assert any(change.startswith("('app', 'app2')") for change in control.changes()), control.changes()
     assert any("maintenance" in line for line in control.log_lines()), control.log_lines()
     stack.wait_up(3)  # its agent's next `ready` lifted the maint (see docs/compose.md)
 

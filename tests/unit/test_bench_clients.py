@@ -176,9 +176,13 @@ def test_wrk_clean_run() -> None:
     assert row.p99_ms == pytest.approx(21.82)
 
 
-@pytest.mark.parametrize(("text", "ms"), [("1.50s", 1500.0), ("2.00m", 120_000.0), ("950.00us", 0.95)])
-def test_wrk_time_units(text: str, ms: float) -> None:
-    row = parse_wrk(WRK_CLEAN.replace("21.82ms", text).replace("2.10s,", "1.10m,"), wall_s=1.0)
+@pytest.mark.parametrize(("printed", "ms"), [
+    # wrk right-aligns each time in 10 columns and pads a one-letter unit with a trailing space.
+    ("    1.50s ", 1500.0), ("    2.00m ", 120_000.0), ("  950.00us", 0.95), ("   21.82ms", 21.82),
+])
+def test_wrk_time_units(printed: str, ms: float) -> None:
+    text = WRK_CLEAN.replace("     99%   21.82ms\n", f"     99%{printed}\n").replace("2.10s,", "1.10m,")
+    row = parse_wrk(text, wall_s=1.0)
     assert row.p99_ms == pytest.approx(ms)
     assert row.elapsed_s == pytest.approx(66.0)
 

@@ -52,6 +52,7 @@ def test_the_command_is_everything_after_the_double_dash() -> None:
 
 
 SAMPLES = {  # flag -> (a valid value, what the config holds)
+    "--drain-notify": ("usr1", "SIGUSR1"),
     "--haproxy-stats": (STATS, (STATS,)),
     "--agent-port": ("9300", 9300),
     "--agent-bind": ("127.0.0.1", "127.0.0.1"),

@@ -1,0 +1,294 @@
+"""The examples on a real Docker engine: any app, any image, with the one-file drain-agent as PID 1.
+
+examples/node (server.js unchanged, node:18-bookworm-slim, no Python in the image) and
+examples/gunicorn (a Flask app under gunicorn, 3 workers), each with its own compose file that
+reuses the stack's HAProxy config. For each, under the strict load checker (nothing re-sent;
+concurrency 100, 20% POSTs with echo checks, 10% slow requests):
+
+- `COMPOSE_FILE=examples/<x>/docker-compose.yml ./deploy/deploy.sh v2`: 0 failed, every container
+  replaced and on v2, every old one stopped by SIGTERM alone with exit code 0 (drained first);
+- the README's "Adopt it in your service" steps, read from the README itself and run as they are
+  written (only the image names are made unique) on a copy of the example's app files: build
+  the agent image, build the app's image from the README's Dockerfile, run it behind the stack's
+  HAProxy, restart every container one at a time: 0 failed.
+
+Each test builds its images once, runs one stack under its own project name and free ports, and
+tears everything down (containers, network, its image tags). Needs node:18-bookworm-slim, which
+../shared/docker-sandbox/node-image.sh builds when it is missing (no registry here).
+Run: .venv/bin/pytest -m docker tests/e2e/test_examples.py -s
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import (
+    REPO,
+    ComposeStack,
+    Container,
+    DockerEvents,
+    assert_no_failures,
+    docker,
+    last_versions,
+    load_during,
+    require_docker,
+)
+
+pytestmark = pytest.mark.docker
+
+EXAMPLES = REPO / "examples"
+EXAMPLE_NAMES = ["node", "gunicorn"]
+BASE_IMAGES = {"node": "node:18-bookworm-slim", "gunicorn": "python:3.12-slim"}
+NODE_IMAGE_SCRIPT = REPO.parent / "shared" / "docker-sandbox" / "node-image.sh"
+# The strict load of every test here: concurrency >= 100, 20% POSTs, 10% slow requests. The load
+# runs until the deploy or the restarts are done; `requests` is only its minimum.
+LOAD = {"concurrency": 100, "post_share": 0.2, "slow_share": 0.1}
+DEPLOY_REQUESTS = 6000
+RESTART_REQUESTS = 4000
+BUILD_TIMEOUT_S = 900
+# Files of an example that are not the app itself.
+NOT_APP = {"Dockerfile", "docker-compose.yml", "README.md"}
+
+
+def ensure_base_image(example: str) -> None:
+    """The example's base image, local (there is no registry to pull from): node-image.sh builds
+    node:18-bookworm-slim when it is missing; without the script, skip (fail in CI)."""
+    image = BASE_IMAGES[example]
+    if docker("image", "inspect", image, check=False).returncode == 0:
+        return
+    if image.startswith("node:") and NODE_IMAGE_SCRIPT.exists():
+        began = time.monotonic()
+        built = subprocess.run(["bash", str(NODE_IMAGE_SCRIPT)], capture_output=True, text=True,
+                               timeout=600, check=False)
+        print(f"\nnode-image.sh (exit {built.returncode}, {time.monotonic() - began:.0f}s): "
+              f"{built.stdout.strip()}{built.stderr.strip()[-2000:]}")
+        if docker("image", "inspect", image, check=False).returncode == 0:
+            return
+    message = f"no local {image} (for {example}: build it with {NODE_IMAGE_SCRIPT})"
+    if os.environ.get("CI"):
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+class ExampleStack(ComposeStack):
+    """An example's compose file under a test project, free ports and its own image name."""
+
+    def __init__(self, example: str) -> None:
+        super().__init__(EXAMPLES / example / "docker-compose.yml", prefix=f"zdh-ex-{example}")
+        self.example = example
+        self.version = "v1"
+
+    def app_get(self, container: Container, path: str) -> dict[str, object]:
+        """GET on the app's port from inside its container, with bash only (the Node image has
+        no python and no curl)."""
+        raw = docker("exec", container.name, "bash", "-c",
+                     "exec 3<>/dev/tcp/127.0.0.1/8000 && "
+                     f"printf 'GET {path} HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n' >&3 && cat <&3").stdout
+        head, _, body = raw.replace("\r\n", "\n").partition("\n\n")  # text mode may have eaten \r
+        assert head.startswith("HTTP/1.") and " 200 " in head.splitlines()[0], raw[:300]
+        answer = json.loads(body)
+        assert isinstance(answer, dict), body
+        return answer
+
+    def image_of(self, container: Container) -> str:
+        return docker("inspect", "-f", "{{.Config.Image}}", container.id).stdout.strip()
+
+
+@contextmanager
+def example_stack(example: str) -> Iterator[ExampleStack]:
+    stack = ExampleStack(example)
+    try:
+        yield stack
+    finally:
+        began = time.monotonic()
+        stack.down()
+        leftovers = docker("ps", "-aq", "--filter", f"label=com.docker.compose.project={stack.project}",
+                           check=False).stdout.split()
+        print(f"\n[{stack.project}] down in {time.monotonic() - began:.1f}s")
+        assert not leftovers, f"containers left behind: {leftovers}"
+
+
+def assert_no_python(image: str) -> None:
+    """Neither python3 nor python anywhere on the image's PATH, nor a python binary in the usual
+    places: the agent in it is the one-file build."""
+    found = docker("run", "--rm", "--network", "none", "--entrypoint", "sh", image, "-c",
+                   "command -v python3 python", check=False)
+    assert found.stdout.strip() == "", f"python in {image}: {found.stdout}"
+    listed = docker("run", "--rm", "--network", "none", "--entrypoint", "sh", image, "-c",
+                    "ls /usr/bin /usr/local/bin /bin", check=False).stdout.split()
+    assert not [name for name in listed if name.startswith("python")], listed
+
+
+def assert_agent_is_pid1(stack: ExampleStack, container: Container, app: list[str]) -> None:
+    """PID 1 runs the one-file agent with the app's command after `--`; the agent answers `ready`."""
+    cmdline = stack.exec(container, "cat", "/proc/1/cmdline").split("\0")
+    assert cmdline[:2] == ["drain-agent", "--"] and cmdline[2:2 + len(app)] == app, cmdline
+    state = stack.exec(container, "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/9200 && cat <&3")
+    assert state == "ready\n", state
+    # The app got the environment the agent was given, not the one-file bootloader's (its
+    # LD_LIBRARY_PATH would make the app load the bundle's libraries instead of its own).
+    listing = stack.exec(container, "bash", "-c",
+                         "for p in /proc/[0-9]*; do [ -r $p/environ ] && printf '%s\\t%s\\n' "
+                         "\"$(tr '\\0' ' ' < $p/cmdline)\" \"$(tr '\\0' ' ' < $p/environ)\"; done; true")
+    app_env = [env for cmd, _, env in (line.partition("\t") for line in listing.splitlines())
+               if " ".join(app) in cmd and not cmd.startswith("drain-agent ")]
+    assert app_env, listing
+    assert all("_PYI_" not in env and "_MEI" not in env and "LD_LIBRARY_PATH" not in env for env in app_env), app_env
+
+
+def agent_stage(dockerfile: Path) -> list[str]:
+    """The instructions of the Dockerfile's agent stage, comments left out."""
+    lines = dockerfile.read_text().split("FROM ${PYTHON_IMAGE} AS ", 1)[1].splitlines()[1:]
+    stage = []
+    for line in lines:
+        if line.startswith("FROM "):
+            break
+        if line.strip() and not line.startswith("#"):
+            stage.append(line)
+    return stage
+
+
+def test_the_examples_agent_stage_is_agent_dockerfiles_build_stage() -> None:
+    """The examples build drain-agent with exactly agent/Dockerfile's steps (the builder shares
+    the layers, and a fix there must not be missed here)."""
+    reference = agent_stage(REPO / "agent" / "Dockerfile")
+    assert any("make agent-binary" in line for line in reference), reference
+    for example in EXAMPLE_NAMES:
+        assert agent_stage(EXAMPLES / example / "Dockerfile") == reference, example
+
+
+# -- deploy.sh v2 ---------------------------------------------------------------------------------
+
+
+APP_COMMANDS = {"node": ["node", "server.js"], "gunicorn": ["gunicorn", "--bind", "0.0.0.0:8000"]}
+
+
+@pytest.mark.parametrize("example", EXAMPLE_NAMES)
+def test_deploy_sh_rolls_the_example_to_v2_with_zero_failed(example: str) -> None:
+    require_docker()
+    ensure_base_image(example)
+    with example_stack(example) as stack:
+        began = time.monotonic()
+        stack.up()  # builds the image once (the deploy's own build hits the cache)
+        print(f"\n[{stack.project}] built and up in {time.monotonic() - began:.1f}s on {stack.url}")
+        if example == "node":
+            assert_no_python(f"{stack.image}:v1")
+        old = stack.wait_up(3)
+        assert_agent_is_pid1(stack, old[0], APP_COMMANDS[example])
+        assert {stack.app_get(c, "/version")["version"] for c in old} == {"v1"}
+
+        # The Node image has no python for deploy.sh's version check: gate on HAProxy's UP alone.
+        env = {"DEPLOY_VERSION_URL": ""} if example == "node" else {}
+        events = DockerEvents(stack.project).start()
+        try:
+            began = time.monotonic()
+            result, deployed = load_during(stack.url, lambda: stack.deploy("v2", **env),
+                                           requests=DEPLOY_REQUESTS, **LOAD)
+            print(f"[{stack.project}] deploy.sh v2 under load in {time.monotonic() - began:.1f}s")
+        finally:
+            events.stop()
+        assert isinstance(deployed, subprocess.CompletedProcess)
+        assert deployed.returncode == 0, deployed.stderr
+        stack.version = "v2"
+
+        assert_no_failures(result, DEPLOY_REQUESTS)
+        assert result.posts_answered and not result.posts_failed
+        assert set(result.versions) == {"v1", "v2"} and last_versions(result) == {"v2"}
+        new = stack.wait_up(3, timeout=30)
+        assert not {c.id for c in new} & {c.id for c in old}, "an old container survived"
+        assert {c.id for c in stack.containers(all=True)} == {c.id for c in new}, "leftover containers"
+        assert {stack.image_of(c) for c in new} == {f"{stack.image}:v2"}
+        assert {stack.app_get(c, "/version")["version"] for c in new} == {"v2"}
+        instances, versions = stack.answered_by(30)
+        assert versions == {"v2"} and instances == {c.short for c in new}
+        # Each old container: SIGTERM only (no SIGKILL), exit 0: drained, then the app stopped.
+        events.assert_clean_stops([c.id for c in old])
+
+
+# -- the README's adoption steps ---------------------------------------------------------------
+
+
+def adoption_steps(readme: Path) -> list[tuple[str, str]]:
+    """The fenced blocks of the README's "Adopt it in your service" section: (language, text)."""
+    text = readme.read_text()
+    section = text.split("## Adopt it in your service", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"^( *)```(\w+)\n(.*?)^\1```", section, flags=re.S | re.M)
+    return [(lang, "\n".join(line.removeprefix(indent) for line in body.splitlines()) + "\n")
+            for indent, lang, body in blocks]
+
+
+def renamed(text: str, agent: str, app: str) -> str:
+    """The README's image names made unique for this run; nothing else changes."""
+    text = re.sub(r"(-t |--from=)drain-agent(?=\s)", rf"\g<1>{agent}", text)
+    return re.sub(r"\bmy-app\b", app, text)
+
+
+def run_step(text: str, cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+    began = time.monotonic()
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", text], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout, check=False)
+    print(f"\n$ {text.strip()}\n(exit {done.returncode}, {time.monotonic() - began:.1f}s)")
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+@pytest.mark.parametrize("example", EXAMPLE_NAMES)
+def test_readme_adoption_steps_on_a_copy_of_the_app(example: str, tmp_path: Path) -> None:
+    require_docker()
+    ensure_base_image(example)
+    steps = adoption_steps(EXAMPLES / example / "README.md")
+    assert [lang for lang, _ in steps] == ["sh", "dockerfile", "sh", "sh", "sh"], steps
+    unique = f"zdh-ex-adopt-{secrets.token_hex(4)}"
+    agent_image, app_image = f"{unique}-agent", f"{unique}-my-app"
+    build_agent, dockerfile, build_app, run_app, restart_all = (
+        renamed(text, agent_image, app_image) for _, text in steps)
+    assert agent_image in build_agent and f"--from={agent_image} " in dockerfile
+    assert f"{app_image}:v1" in build_app and f"ZDH_IMAGE={app_image} " in run_app
+
+    # A copy of the example's app: its files, none of the kit's.
+    app_dir = tmp_path / "my-app"
+    app_dir.mkdir()
+    for path in (EXAMPLES / example).iterdir():
+        if path.is_file() and path.name not in NOT_APP:
+            shutil.copy(path, app_dir / path.name)
+    (app_dir / "Dockerfile").write_text(dockerfile)
+
+    try:
+        with example_stack(example) as stack:
+            env = dict(stack.env)  # project name and free ports: where the README says 8785/8404
+            run_step(build_agent, REPO, env, BUILD_TIMEOUT_S)  # 1. the agent image
+            run_step(build_app, app_dir, env, BUILD_TIMEOUT_S)  # 2. + 3. the app's image
+            if example == "node":
+                assert_no_python(f"{app_image}:v1")
+            run_step(run_app, REPO, env, 240)  # 4. behind the stack's HAProxy
+            old = stack.wait_up(3)
+            assert {stack.image_of(c) for c in old} == {f"{app_image}:v1"}
+            assert_agent_is_pid1(stack, old[0], APP_COMMANDS[example])
+
+            events = DockerEvents(stack.project).start()  # 5. restarts under strict load
+            try:
+                result, _ = load_during(stack.url, lambda: run_step(restart_all, REPO, env, 600),
+                                        requests=RESTART_REQUESTS, **LOAD)
+            finally:
+                events.stop()
+            assert_no_failures(result, RESTART_REQUESTS)
+            assert result.posts_answered and not result.posts_failed
+            # The same containers, each restarted once: SIGTERM only, exit 0, started again.
+            after = stack.wait_up(3, timeout=60)
+            assert {c.id for c in after} == {c.id for c in old}
+            events.assert_clean_stops([c.id for c in old])
+            assert all(len(events.of(c.id, "start")) == 1 for c in old), events.lines
+            assert result.instances.keys() == {c.short for c in old}
+    finally:  # after the stack is down: no container uses them any more
+        docker("image", "rm", f"{app_image}:v1", agent_image, check=False)
