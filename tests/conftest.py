@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -12,13 +11,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
 import uvloop
 
+from agent.events import parse_log
 from agent.haproxy import ServerStat
 from deploy.check.loadcheck import LoadPlan, LoadResult, run_load
 from deploy.engines.local import LocalEngine, LocalStack, pid_alive
@@ -157,17 +156,11 @@ class HAProxy:
         return find_server(asyncio.run(RuntimeAPI(Address(path=str(self.socket))).servers("app")), "app", name)
 
 
-LINE = re.compile(r"^(\S+Z) \S+ (?:event=(\S+))?(.*)$")
-
-
 def event_times(log: str) -> dict[str, float]:
     """First time each event= appears in a drain-agent/service log (UTC stamps)."""
     times: dict[str, float] = {}
-    for line in log.splitlines():
-        match = LINE.match(line)
-        if match and match.group(2):
-            stamp = datetime.strptime(match.group(1), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-            times.setdefault(match.group(2), stamp.timestamp())
+    for event in parse_log(log):
+        times.setdefault(event.event, event.at)
     return times
 
 

@@ -7,13 +7,10 @@ lines carry UTC timestamps, so a deploy report can mark exactly when each happen
 
 from __future__ import annotations
 
-import re
-from datetime import UTC, datetime
-
+from agent.events import parse_log
 from deploy.engines.base import Engine
 from deploy.strategies.rolling import Event
 
-LINE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z drain-agent\[\d+\] event=(\S+)(.*)$")
 # agent event -> the name on the timeline
 MARKED = {
     "signal.received": "drain",
@@ -27,15 +24,8 @@ MARKED = {
 
 
 def agent_events(log: str, instance: str, since: float) -> list[Event]:
-    events = []
-    for line in log.splitlines():
-        match = LINE.match(line)
-        if not match or match.group(2) not in MARKED:
-            continue
-        at = datetime.strptime(match.group(1), "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=UTC).timestamp()
-        if at >= since:
-            events.append(Event(at, instance, MARKED[match.group(2)]))
-    return events
+    return [Event(e.at, instance, MARKED[e.event]) for e in parse_log(log)
+            if e.program == "drain-agent" and e.event in MARKED and e.at >= since]
 
 
 def instance_timeline(engine: Engine, since: float) -> list[Event]:

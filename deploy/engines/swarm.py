@@ -68,6 +68,10 @@ print(json.load(opener.open(f"http://127.0.0.1:{port}/version", timeout=2))["ver
 """
 # One Runtime API command, run inside a HAProxy container: HAProxy answers and closes.
 RUNTIME_API_SCRIPT = 'exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1; printf "%s\\n" "$2" >&3; cat <&3'
+# Before a reload: the servers' states and addresses, where the new worker reads them
+# (HAPROXY_SERVER_STATE_FILE: server-state-file in haproxy.cfg).
+STATE_DUMP_SCRIPT = ('exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1; printf "show servers state\\n" >&3; '
+                     'cat <&3 > "$2.new" && mv -f "$2.new" "$2"')
 
 
 def timestamp(text: str) -> float:
@@ -557,37 +561,52 @@ class SwarmEngine:
         return [str(done) for done in self.reload_haproxies()]
 
     def reload_haproxies(self) -> list[Reload]:
-        """Each HAProxy in turn: check its configuration, then SIGUSR2 to its master (PID 1 of its
-        container): a new worker takes the listeners over (expose-fd listeners) and the old one
-        finishes what it has. Nothing is restarted; each reload is confirmed by a new worker."""
+        """Each HAProxy in turn: check its configuration (a HAProxy whose configuration does not
+        load is not signalled), leave the servers' states and addresses for the new worker
+        (HAPROXY_SERVER_STATE_FILE), then SIGUSR2 to its master (PID 1 of its container): the new
+        worker takes the listeners over (expose-fd listeners) and the old one finishes what it
+        has. Nothing is restarted; each reload is confirmed by a new worker's pid."""
         done = []
         for service in HAPROXIES:
             task = self.running_container(service)
-            args = [str(a) for a in self.container_spec(service).get("Args") or []]
+            spec = self.container_spec(service)
+            args = [str(a) for a in spec.get("Args") or []]
             if args[:1] == ["haproxy"]:
-                check = self.run("exec", task.container, "haproxy", "-c", "-q", *args[1:])
+                check = self.run("exec", task.container, "haproxy", "-c", *args[1:])
                 if check.returncode != 0:
                     alert = next((line for line in (check.stdout + check.stderr).splitlines()
                                   if "[ALERT]" in line), last_line(check.stderr))
                     raise RolloutError(f"{self.full_name(service)}: its configuration does not load, so "
                                        f"nothing was reloaded: {alert.strip()[:300]}")
+            env = dict(str(item).partition("=")[::2] for item in spec.get("Env") or [])
+            state = env.get("HAPROXY_SERVER_STATE_FILE", "")
             old = self.worker_pid(service)
             began = time.monotonic()
-            self.docker("kill", "--signal", "USR2", task.container)
-            deadline = began + RELOAD_TIMEOUT_S
-            new = old
-            while new == old:
-                if time.monotonic() > deadline:
-                    raise RolloutError(f"{self.full_name(service)}: no new worker {RELOAD_TIMEOUT_S:g}s "
-                                       "after SIGUSR2 (see its logs: docker service logs "
-                                       f"{self.full_name(service)})")
-                time.sleep(0.05)
-                try:
-                    new = self.worker_pid(service)
-                except RolloutError:
-                    new = old  # the old worker let go of the socket, the new one not yet there
+            try:
+                if state:
+                    self.docker("exec", task.container, "bash", "-c", STATE_DUMP_SCRIPT, "_",
+                                self.admin_port(service), state)
+                self.docker("kill", "--signal", "USR2", task.container)
+                new = self.wait_new_worker(service, old)
+            finally:
+                if state:  # read at the new worker's start: never left to go stale
+                    self.docker("exec", task.container, "rm", "-f", state, check=False)
             done.append(Reload(self.full_name(service), old, new, time.monotonic() - began))
         return done
+
+    def wait_new_worker(self, service: str, old: str) -> str:
+        deadline = time.monotonic() + RELOAD_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                pid = self.worker_pid(service)
+            except RolloutError:
+                pid = old  # the old worker let go of the socket, the new one not there yet
+            if pid != old:
+                return pid
+            time.sleep(0.05)
+        raise RolloutError(f"{self.full_name(service)}: no new worker {RELOAD_TIMEOUT_S:g}s after "
+                           f"SIGUSR2 (worker {old} still answers); see docker service logs "
+                           f"{self.full_name(service)}")
 
 
 def up_everywhere(rows: list[list[ServerStat]], address: str) -> bool:
