@@ -118,15 +118,17 @@ def service_update(
             elif task.id not in known:
                 watch_new(engine, task, rows, target, seen, result, emit)
         live = [task for task in tasks if task.live]
-        serving = (len(live) == replicas and not any(task.id in old for task in live)
-                   and all(seen.get(task.id) == "ready" for task in live))
-        if current is not None and current.state == "completed" and serving:
+        serving = len(live) == replicas and all(task.state == "running" and up_everywhere(rows, task.address)
+                                                for task in live)
+        released = (serving and not any(task.id in old for task in live)
+                    and all(seen.get(task.id) == "ready" for task in live))
+        if current is not None and current.state == "completed" and released:
             emit(engine.full_name(APP), "done", f"{replicas} tasks on {version or 'the same version'}, "
                  f"UP in every HAProxy; Swarm's update took {current.completed - current.started:.1f}s "
                  f"(with its {monitor_s(config):g}s monitor)")
             return result
         if current is not None and current.state == ROLLED_BACK and serving:
-            emit(engine.full_name(APP), "failed", f"rolled back: {current.message}")
+            emit(engine.full_name(APP), "failed", f"Swarm rolled the update back ({current.message})")
             result.error = (f"Swarm rolled the update back ({current.message}); the previous spec "
                             f"serves again: {len(live)} tasks UP in every HAProxy")
             return result
@@ -156,7 +158,7 @@ def watch_new(
     before = seen.get(task.id)
     if task.state in ("failed", "rejected") and before != "failed":
         seen[task.id] = "failed"
-        emit(task.name, "failed", f"{task.state}: {task.error or 'no error given'}")
+        emit(task.name, "failed", task.error or task.state)
     elif task.state == "running" and before is None:
         seen[task.id] = "started"
         emit(task.name, "started", f"running and healthy {time.time() - task.created:.2f}s after "

@@ -386,6 +386,27 @@ def test_rollout_on_swarm_status_and_check_with_restart_and_report(serving: Swar
     stack.wait_release(V3)
 
 
+def test_rollout_restart_on_swarm_says_swarm_rolled_back_a_release_that_never_gets_ready(
+    serving: SwarmStack,
+) -> None:
+    """Through rollout this time: the app never gets ready, its agent gives up after its start
+    timeout (exit 3), Swarm fails the task and rolls back; rollout says so and exits 1."""
+    stack = serving
+    version = stack.live()[0].version
+    assert version is not None
+    results, restart = load_both(stack.urls, lambda: stack.rollout(
+        "restart", "--version", BAD, "--env", "SERVICE_WARMUP_S=600", "--env", "DRAIN_AGENT_START_TIMEOUT=5"),
+        requests=3_000)
+    assert isinstance(restart, subprocess.CompletedProcess)
+    assert restart.returncode == 1, restart.stderr
+    assert "Swarm rolled the update back" in restart.stderr
+    assert "] failed task: non-zero exit (3)" in restart.stderr  # the agent's start timeout
+    for result in results:
+        assert_no_failures(result, 3_000)
+        assert set(result.versions) == {version}
+    stack.wait_release(version)
+
+
 def test_haproxy_reloads_under_load_fail_nothing(serving: SwarmStack) -> None:
     """Three reloads of both HAProxies (master-worker, SIGUSR2, listeners handed over): each a
     new worker, no task restarted, nothing failed on either frontend.
