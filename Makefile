@@ -40,7 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .rollout reports .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .rollout reports .pytest_cache .mypy_cache .ruff_cache dist build
 
 # drain-agent as one self-contained executable (PyInstaller --onefile, the agent package only):
 # runs in any glibc Linux image, no Python needed (glibc >= the build machine's; 2.36 when

@@ -15,6 +15,7 @@ import ctypes
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Sequence
 
 from agent.errors import EXIT_EXEC_FAILED, EXIT_NOT_FOUND, AgentError
@@ -48,6 +49,20 @@ def describe(code: int) -> str:
     return f"exited with code {code}"
 
 
+def app_environment() -> dict[str, str] | None:
+    """The app's environment: ours, less what a one-file build (PyInstaller) added for itself,
+    so the app loads its own libraries, not the agent's bundle. None: inherit as it is."""
+    if not getattr(sys, "frozen", False):
+        return None
+    env = {k: v for k, v in os.environ.items() if not k.startswith("_PYI_") and k != "_MEIPASS2"}
+    original = env.pop("LD_LIBRARY_PATH_ORIG", None)
+    if original is None:
+        env.pop("LD_LIBRARY_PATH", None)
+    else:
+        env["LD_LIBRARY_PATH"] = original
+    return env
+
+
 def die_with_parent(parent: int) -> None:
     """In the app, before exec: SIGTERM when the agent dies, even by SIGKILL."""
     libc = ctypes.CDLL(None, use_errno=True)
@@ -69,7 +84,8 @@ class Child:
         try:
             # process_group=0: own group, so terminal signals reach only the agent.
             process = subprocess.Popen(
-                self.command, process_group=0, preexec_fn=lambda: die_with_parent(parent)
+                self.command, env=app_environment(), process_group=0,
+                preexec_fn=lambda: die_with_parent(parent),
             )
         except FileNotFoundError:
             raise AgentError(f"app command not found: {self.command[0]!r}", EXIT_NOT_FOUND) from None
