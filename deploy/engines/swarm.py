@@ -101,8 +101,9 @@ class Task:
 
     @property
     def name(self) -> str:
-        """Its name in rollout's output: service, slot and the task id's first 10 characters
-        (`docker service ps` accepts the task id, `docker ps` shows <stack>_<name>...)."""
+        """Its name in rollout's output: service, slot and the first 10 characters of the task id
+        (`docker service ps --no-trunc` shows the whole id; the container is named
+        <stack>_<service>.<slot>.<task id>)."""
         return f"{self.service}.{self.slot}.{self.id[:10]}"
 
     @property
@@ -176,9 +177,15 @@ class SwarmEngine:
         return result.stdout + (result.stderr if merge else "")
 
     def inspect(self, kind: str, *ids: str) -> list[dict[str, Any]]:
+        """`docker inspect` of those that still exist (Swarm prunes its task history at any time)."""
         if not ids:
             return []
-        found = json.loads(self.docker("inspect", "--type", kind, *ids) or "[]")
+        result = self.run("inspect", "--type", kind, *ids)
+        try:
+            found = json.loads(result.stdout or "[]")
+        except ValueError:
+            raise RolloutError(f"`docker inspect --type {kind}` gave no JSON: "
+                               f"{last_line(result.stderr)}") from None
         return [item for item in found if isinstance(item, dict)]
 
     def full_name(self, service: str) -> str:
@@ -353,17 +360,33 @@ class SwarmEngine:
                     raise RolloutError(f"the tasks of {self.full_name(APP)} did not stop within "
                                        f"{STOP_GRACE_S + 30:g}s")
                 time.sleep(POLL_S)
-        if self.docker("stack", "services", "-q", self.stack, check=False).strip():
-            self.docker("stack", "rm", self.stack, timeout_s=60)
-        self.wait_network_gone()
+        # `stack rm` removes the services, then tries the network, which fails while a stopping
+        # HAProxy still has an endpoint on it: what is left is removed here once it can be.
+        self.docker("stack", "rm", self.stack, timeout_s=60, check=False)
+        deadline = time.monotonic() + 120
+        while True:
+            services = self.docker("stack", "services", "-q", self.stack, check=False).strip()
+            network = self.network_id()
+            if not services and not network:
+                break
+            if time.monotonic() > deadline:
+                raise RolloutError(f"the stack {self.stack} is not gone after 120s (services: "
+                                   f"{services.split() or 'none'}, network: {network or 'none'})")
+            if network and not services:
+                self.docker("network", "rm", network, check=False)
+            time.sleep(0.5)
         self._published.clear()
+
+    def network_id(self) -> str:
+        network = self.full_name(NETWORK)
+        return self.docker("network", "ls", "-q", "--filter", f"name=^{network}$", check=False).strip()
 
     def wait_network_gone(self, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
-        network = self.full_name(NETWORK)
-        while self.docker("network", "ls", "-q", "--filter", f"name=^{network}$", check=False).strip():
+        while self.network_id():
             if time.monotonic() > deadline:
-                raise RolloutError(f"the network {network} is still there after {timeout_s:g}s")
+                raise RolloutError(f"the network {self.full_name(NETWORK)} is still there after "
+                                   f"{timeout_s:g}s")
             time.sleep(POLL_S)
 
     # -- addresses ------------------------------------------------------------------------

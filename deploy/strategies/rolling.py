@@ -48,6 +48,18 @@ def read_servers(engine: Engine, backend: str | None = None) -> list[ServerStat]
     return [stat for stat in stats if backend is None or stat.backend == backend]
 
 
+def read_servers_patiently(engine: Engine, timeout_s: float) -> list[ServerStat]:
+    """read_servers, retried while HAProxy restarts (bounded); then its error."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return read_servers(engine)
+        except RolloutError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(POLL_S)
+
+
 def row_of(stats: list[ServerStat], instance: Instance) -> ServerStat | None:
     """The instance's row, by its address (as its agent finds it)."""
     for stat in stats:
@@ -142,7 +154,7 @@ def rolling_restart(
             for instance in new:
                 emit(instance, "started", f"new, beside the old one, in {time.monotonic() - began:.2f}s")
         else:
-            stats = read_servers(engine)
+            stats = read_servers_patiently(engine, timeout_s)
             if guard and any(not others_up(stats, old, batch) for old in batch):
                 emit(batch[0], "failed", "no other server UP")
                 return halt(f"[{batch[0].name}] no other server of {batch[0].backend} is UP in HAProxy: "

@@ -389,7 +389,20 @@ class ComposeStack:
                         and statuses == {c.address: "UP" for c in containers}):
                     return containers
             time.sleep(0.2)
-        raise AssertionError(f"not {count} containers of {service} UP within {timeout}s: {seen}")
+        raise AssertionError(f"not {count} containers of {service} UP within {timeout}s: {seen}"
+                             f"{self.dns_diagnosis(service)}")
+
+    def dns_diagnosis(self, service: str) -> str:
+        """Whether Docker's embedded DNS still answers in the HAProxy container: a `docker swarm
+        init`/`leave` on the same engine breaks it for running bridge-network containers
+        (moby/moby#45144), and then no server slot is ever filled again."""
+        answer = self.compose("exec", "-T", "haproxy", "getent", "hosts", service, check=False, timeout=30)
+        if answer.returncode == 0:
+            return ""
+        swarm = docker("info", "--format", "{{.Swarm.LocalNodeState}}", check=False).stdout.strip()
+        return (f"\nDocker's embedded DNS does not resolve {service!r} in the haproxy container "
+                f"(getent exit {answer.returncode}; this engine's swarm state: {swarm}): a swarm "
+                "init/leave on this engine while the stack ran breaks it (moby/moby#45144)")
 
     def haproxy_command(self, line: str) -> str:
         """A Runtime API command as an operator sends it: inside the haproxy container."""

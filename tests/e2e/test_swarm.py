@@ -8,7 +8,7 @@ both HAProxies, three times), and a control: a HAProxy restart (not a reload) do
 requests on its own frontend, and only there.
 
 One swarm, one image build and one stack for the module. The swarm is initialised only if this
-engine is in none (and left again at the end); the stack has its own name (zdh-test-<hex>),
+engine is in none (and left again at the end); the stack has its own name (zdh-swarm-<hex>),
 free host ports and its own image tags (zero-downtime-haproxy-app:swarm-*), all removed at the
 end, even on failure. Without a Docker engine the tests are skipped, unless CI is set.
 Run: .venv/bin/pytest -m docker tests/e2e/test_swarm.py -s
@@ -60,7 +60,7 @@ class SwarmStack:
     """deploy/stack.yml deployed as its own stack, on free ports."""
 
     def __init__(self) -> None:
-        self.name = f"zdh-test-{secrets.token_hex(4)}"
+        self.name = f"zdh-swarm-{secrets.token_hex(4)}"
         self.ports = {var: free_port() for var in ("ZDH_PORT", "ZDH_PORT_B", "ZDH_STATS_PORT", "ZDH_STATS_PORT_B")}
         self.env = {**os.environ, "ZDH_STACK": self.name, "ZDH_IMAGE": IMAGE, "SERVICE_VERSION": V1,
                     **{var: str(port) for var, port in self.ports.items()}}
@@ -92,6 +92,8 @@ class SwarmStack:
                 docker("stack", "rm", self.name, check=False)
             with contextlib.suppress(Exception):
                 self.engine.wait_network_gone(60)
+            if network := self.engine.network_id():
+                docker("network", "rm", network, check=False)
 
     def rollout(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         began = time.monotonic()
@@ -141,6 +143,9 @@ def swarm() -> Iterator[None]:
     require_docker()
     state = docker("info", "--format", "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}").stdout.split()
     ours = False
+    # `swarm init` also creates docker_gwbridge, which `swarm leave` keeps: ours to remove if it
+    # was not there before.
+    gwbridge = bool(docker("network", "ls", "-q", "--filter", "name=^docker_gwbridge$").stdout.strip())
     if state[0] == "inactive":
         init = docker("swarm", "init", "--advertise-addr", "127.0.0.1", check=False)
         ours = init.returncode == 0
@@ -157,6 +162,8 @@ def swarm() -> Iterator[None]:
                 print(f"\nswarm left active: services not ours run on it: {others}")
             else:
                 docker("swarm", "leave", "--force", check=False)
+                if not gwbridge:
+                    docker("network", "rm", "docker_gwbridge", check=False)
 
 
 @pytest.fixture(scope="module")
@@ -177,9 +184,11 @@ def stack(swarm: None) -> Iterator[SwarmStack]:
         yield swarm_stack
     finally:
         downing = time.monotonic()
-        swarm_stack.down()
-        print(f"\n[{swarm_stack.name}] down in {time.monotonic() - downing:.1f}s")
-        docker("image", "rm", *(f"{IMAGE}:{tag}" for tag in TAGS), check=False)  # untag: layers stay
+        try:
+            swarm_stack.down()
+            print(f"\n[{swarm_stack.name}] down in {time.monotonic() - downing:.1f}s")
+        finally:
+            docker("image", "rm", *(f"{IMAGE}:{tag}" for tag in TAGS), check=False)  # untag: layers stay
 
 
 @pytest.fixture

@@ -104,7 +104,7 @@ def test_signals_forwarded_orphans_reaped_exit_code_passed_on(procs: Processes, 
 
     for sig in (signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1):
         agent.send_signal(sig)
-    wait_for(lambda: record.exists() and len(record.read_text().splitlines()) == 3, what="3 signals recorded")
+    wait_for(lambda: record.exists() and len(record.read_text().splitlines()) == 3, timeout=30, what="3 signals recorded")
     assert agent.poll() is None
     assert haproxy.server("app1").status == "UP"
 
