@@ -269,7 +269,10 @@ class Agent:
             for haproxy in self.haproxies:
                 rows = await self.my_rows(haproxy)
                 if not rows:
-                    busy[haproxy.url] = "unread" if rows is None else "missing"
+                    # A failed read is never "drained". No row for an app that never got ready:
+                    # it was never in rotation (its agent said maint all along, and Swarm puts a
+                    # task in the DNS only once healthy), so nothing can be in flight.
+                    busy[haproxy.url] = "unread" if rows is None else 0 if not self.app_ready else "missing"
                 elif any(row.accepting for row in rows):
                     busy[haproxy.url] = "accepting"
                 else:

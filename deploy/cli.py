@@ -23,16 +23,19 @@ from deploy.check.timeline import instance_timeline
 from deploy.engines.base import Engine, check_env, check_version
 from deploy.engines.compose import DockerEngine, find_stack
 from deploy.engines.local import REFERENCE_SERVICE, LocalEngine, LocalStack, app_argv
+from deploy.engines.swarm import SwarmEngine
 from deploy.errors import RolloutError
 from deploy.strategies import bluegreen
 from deploy.strategies.rolling import (
     Event,
     RestartResult,
+    batch_size,
     read_servers,
     rolling_restart,
     row_of,
     wait_ready,
 )
+from deploy.strategies.service_update import service_update
 
 RESTART_TIMEOUT_S = 90.0
 T = TypeVar("T")
@@ -53,9 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rollout",
         description="Deploy a service behind HAProxy by plain restarts, with zero failed requests.",
     )
-    parser.add_argument("--engine", choices=["local", "docker"], default=env_default("ENGINE", "local"),
+    parser.add_argument("--engine", choices=["local", "docker", "swarm"],
+                        default=env_default("ENGINE", "local"),
                         help="local: processes under supervisor (default); docker: the "
-                             "docker-compose.yml stack (env ROLLOUT_ENGINE)")
+                             "docker-compose.yml stack; swarm: deploy/stack.yml on Docker Swarm, "
+                             "stack ZDH_STACK (default zdh) (env ROLLOUT_ENGINE)")
     parser.add_argument("--state-dir", default=env_default("STATE_DIR", ".rollout"),
                         help="where the local stack keeps its files (default .rollout; env "
                              "ROLLOUT_STATE_DIR)")
@@ -95,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("down", help="stop everything (instances drain first)")
     sub.add_parser("status", help="table of servers: HAProxy state, sessions, version")
+    sub.add_parser("reload", help="reload HAProxy's configuration without a restart (master-worker, "
+                                  "SIGUSR2; every HAProxy of the stack, one after the other)")
 
     restart = sub.add_parser("restart", help="rolling restart, one instance at a time")
     add_restart_options(restart)
@@ -183,6 +190,8 @@ def make_engine(args: argparse.Namespace) -> Engine:
     """The one place `--engine` is read: every command works on the Engine this returns."""
     if args.engine == "docker":
         return make_docker_engine(args)
+    if args.engine == "swarm":
+        return make_swarm_engine(args)
     return make_local_engine(args)
 
 
@@ -237,6 +246,38 @@ def make_docker_engine(args: argparse.Namespace) -> DockerEngine:
         if value != default or var not in os.environ:
             env[var] = str(value)
     return DockerEngine(env=env, blue_green=args.blue_green)
+
+
+def make_swarm_engine(args: argparse.Namespace) -> SwarmEngine:
+    """`up` flags become deploy/stack.yml's variables: ZDH_PORT and ZDH_STATS_PORT (haproxy-a;
+    haproxy-b's are ZDH_PORT_B and ZDH_STATS_PORT_B), SERVICE_VERSION, ZDH_REPLICAS
+    (--instances); a flag left at its default does not override the variable already set."""
+    env: dict[str, str] = {}
+    if args.command == "up":
+        if args.no_agent or args.blue_green:
+            raise RolloutError("--no-agent and --blue-green: not on Swarm (deploy/stack.yml runs "
+                               "one app service, each task under drain-agent)", exit_code=2)
+        for value, default, var in (
+            (args.port, int(env_default("PORT", "8785")), "ZDH_PORT"),
+            (args.stats_port, int(env_default("STATS_PORT", "8404")), "ZDH_STATS_PORT"),
+            (args.version, "v1", "SERVICE_VERSION"),
+            (args.instances, 3, "ZDH_REPLICAS"),
+        ):
+            if value != default or var not in os.environ:
+                env[var] = str(value)
+    return SwarmEngine(env=env)
+
+
+def run_restart(engine: Engine, args: argparse.Namespace, env: dict[str, str]) -> RestartResult:
+    """Every instance restarted, the engine's way: on Swarm, Swarm's own rolling update
+    (--surge: start-first; --max-unavailable: its parallelism); elsewhere our rolling restart."""
+    if isinstance(engine, SwarmEngine):
+        parallelism = (batch_size(args.max_unavailable, engine.replicas())
+                       if args.max_unavailable != "1" else None)
+        return service_update(engine, args.version, env, args.restart_timeout, print_event,
+                              order="start-first" if args.surge else None, parallelism=parallelism)
+    return rolling_restart(engine, args.version, env, args.restart_timeout, print_event,
+                           surge=args.surge, max_unavailable=args.max_unavailable)
 
 
 def print_event(event: Event) -> None:
@@ -301,8 +342,7 @@ def cmd_status(engine: Engine) -> int:
 def cmd_restart(engine: Engine, args: argparse.Namespace) -> int:
     env = parse_env(args.env)
     began = time.monotonic()
-    result = rolling_restart(engine, args.version, env, args.restart_timeout, print_event,
-                             surge=args.surge, max_unavailable=args.max_unavailable)
+    result = run_restart(engine, args, env)
     if result.error:
         raise RolloutError(result.error)
     say(f"rolling restart done in {time.monotonic() - began:.1f}s")
@@ -354,8 +394,7 @@ def cmd_check(engine: Engine, args: argparse.Namespace) -> int:
         try:
             time.sleep(args.restart_after)
             say(f"rolling restart to {args.version or 'the same version'} begins")
-            restart = rolling_restart(engine, args.version, env, args.restart_timeout, print_event,
-                                      surge=args.surge, max_unavailable=args.max_unavailable)
+            restart = run_restart(engine, args, env)
         except RolloutError as exc:
             restart = RestartResult(error=str(exc))
         finally:
@@ -422,6 +461,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise RolloutError(f"the stack in {engine.root} is not running; `rollout up` first")
         if args.command == "status":
             return cmd_status(engine)
+        if args.command == "reload":
+            for line in engine.reload():
+                print(line)
+            return 0
         if args.command == "restart":
             return cmd_restart(engine, args)
         if args.command in ("switch", "release"):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -15,6 +16,7 @@ BACKEND = "app"
 VERSION = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MAX_ENV_VALUE = 4096
+RELOAD_TIMEOUT_S = 15.0
 
 
 def check_version(version: str) -> str:
@@ -33,6 +35,29 @@ def check_env(env: Mapping[str, str]) -> Mapping[str, str]:
             raise RolloutError(f"--env {key}: the value must be one line of at most "
                                f"{MAX_ENV_VALUE} characters", exit_code=2)
     return env
+
+
+def worker_pid(show_info: str) -> str:
+    """The worker's pid in HAProxy's `show info` (a reload makes a new worker: a new pid)."""
+    for line in show_info.splitlines():
+        if line.startswith("Pid: "):
+            return line.split(": ", 1)[1].strip()
+    raise RolloutError(f"no Pid in HAProxy's `show info`: {show_info.strip()[:200]!r}")
+
+
+def wait_new_worker(show_info: Callable[[], str], old: str, timeout_s: float = RELOAD_TIMEOUT_S) -> str:
+    """After SIGUSR2 to HAProxy's master: until a new worker answers on the Runtime API; its pid."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            pid = worker_pid(show_info())
+        except RolloutError:
+            pid = old  # between the old worker letting go of the socket and the new one taking it
+        if pid != old:
+            return pid
+        time.sleep(0.05)
+    raise RolloutError(f"no new HAProxy worker {timeout_s:g}s after SIGUSR2 (worker {old} still "
+                       "answers): see HAProxy's log; the old configuration still serves")
 
 
 @dataclass(frozen=True)
@@ -74,6 +99,13 @@ class Engine(Protocol):
 
     def down(self) -> None:
         """Stop everything (instances drain first)."""
+
+    def reload(self) -> list[str]:
+        """Reload every HAProxy's configuration without a restart, one after the other: check
+        that it loads (else nothing is signalled), hand the servers' states to the new worker
+        (server-state-file), SIGUSR2 to the master (master-worker), wait for the new worker; the
+        listeners are handed over (`expose-fd listeners`) and the old worker finishes what it
+        has. One line per HAProxy reloaded."""
 
     def is_up(self) -> bool: ...
 

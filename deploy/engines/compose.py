@@ -24,11 +24,12 @@ import json
 import os
 import re
 import subprocess
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from deploy.engines.base import BACKEND, Instance
+from deploy.engines.base import BACKEND, Instance, wait_new_worker, worker_pid
 from deploy.errors import RolloutError
 from deploy.strategies import bluegreen
 from deploy.strategies.rolling import read_servers
@@ -41,7 +42,7 @@ APP_PORT = 8000  # inside each app container
 FRONTEND_PORT = 8785  # inside the haproxy container; published as ${ZDH_PORT:-8785}
 STATS_PORT = 8404  # published as 127.0.0.1:${ZDH_STATS_PORT:-8404}
 UP_TIMEOUT_S = 600.0  # a cold build downloads the dependencies
-STOP_GRACE_S = 60.0  # as the compose file's stop_grace_period: > drain 20 s + app stop 25 s
+STOP_GRACE_S = 100.0  # as the compose file's stop_grace_period: > drain 70 s + app stop 25 s
 RECREATE_TIMEOUT_S = STOP_GRACE_S + 60
 QUICK_TIMEOUT_S = 15.0
 LOG_LINES_KEPT = 40  # of each container this engine removes
@@ -53,6 +54,10 @@ print(json.load(opener.open(f"http://127.0.0.1:{port}/version", timeout=2))["ver
 """
 # One Runtime API command, run inside the haproxy container: HAProxy answers and closes.
 RUNTIME_API_SCRIPT = 'exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1; printf "%s\\n" "$2" >&3; cat <&3'
+# Before a reload, inside the haproxy container: the servers' states and addresses, where the
+# new worker reads them (HAPROXY_SERVER_STATE_FILE: server-state-file in haproxy.cfg).
+STATE_DUMP_SCRIPT = ('exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1; printf "show servers state\\n" >&3; '
+                     'cat <&3 > "$2.new" && mv -f "$2.new" "$2"')
 
 
 class DockerEngine:
@@ -151,6 +156,33 @@ class DockerEngine:
         self.run("build", *sorted(builders.values()), timeout_s=UP_TIMEOUT_S)
         self.run("up", "-d", "--wait", timeout_s=UP_TIMEOUT_S)
         self._addresses.clear()
+
+    def reload(self) -> list[str]:
+        """The official image's reload: SIGUSR2 to the haproxy container's PID 1 (the master,
+        -W), after `haproxy -c` in the container on the same files and with the servers' states
+        left for the new worker (HAPROXY_SERVER_STATE_FILE, on the container's tmpfs)."""
+        command = [str(arg) for arg in self.config()["services"]["haproxy"].get("command") or []]
+        if command[:1] == ["haproxy"]:
+            check = self.compose("exec", "-T", "haproxy", "haproxy", "-c", *command[1:])
+            if check.returncode != 0:
+                alert = next((line for line in (check.stdout + check.stderr).splitlines()
+                              if "[ALERT]" in line), last_line(check.stderr))
+                raise RolloutError(f"HAProxy's configuration does not load, so nothing was "
+                                   f"reloaded: {alert.strip()[:300]}")
+        state = str(self.haproxy_environment().get("HAPROXY_SERVER_STATE_FILE") or "")
+        old = worker_pid(self.haproxy_command("show info"))
+        began = time.monotonic()
+        try:
+            if state:
+                self.run("exec", "-T", "haproxy", "bash", "-c", STATE_DUMP_SCRIPT, "_", self.admin_port(),
+                         state)
+            self.run("kill", "-s", "USR2", "haproxy")
+            new = wait_new_worker(lambda: self.haproxy_command("show info"), old)
+        finally:
+            if state:  # read at the new worker's start: never left to go stale
+                self.compose("exec", "-T", "haproxy", "rm", "-f", state)
+        return [f"haproxy: reloaded (master-worker, SIGUSR2): worker {old} -> {new} "
+                f"in {time.monotonic() - began:.2f}s"]
 
     def down(self) -> None:
         self.run("down", "--remove-orphans", timeout_s=RECREATE_TIMEOUT_S + 30)
@@ -304,14 +336,18 @@ class DockerEngine:
         """HAPROXY_COLOR_MAP: the map file's path inside the haproxy container."""
         return self.color_map_paths()[1]
 
-    def haproxy_command(self, line: str) -> str:
-        """One Runtime API command, sent from inside the haproxy container (never published)."""
+    def admin_port(self) -> str:
         address = str(self.haproxy_environment().get("HAPROXY_ADMIN_SOCKET", ""))
         port = address.rpartition(":")[2]
         if not port.isdigit():
             raise RolloutError(f"HAPROXY_ADMIN_SOCKET {address!r} in {self.compose_file.name}: "
                                "expected a TCP address such as ipv4@0.0.0.0:9999")
-        result = self.compose("exec", "-T", "haproxy", "bash", "-c", RUNTIME_API_SCRIPT, "_", port, line)
+        return port
+
+    def haproxy_command(self, line: str) -> str:
+        """One Runtime API command, sent from inside the haproxy container (never published)."""
+        result = self.compose("exec", "-T", "haproxy", "bash", "-c", RUNTIME_API_SCRIPT, "_",
+                              self.admin_port(), line)
         if result.returncode != 0:
             raise RolloutError(f"HAProxy's Runtime API (`{line}`) through `docker compose exec "
                                f"haproxy` failed: {last_line(result.stderr)}")

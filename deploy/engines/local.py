@@ -30,7 +30,7 @@ import httpx
 
 import deploy
 from agent.haproxy import Address, RuntimeAPI
-from deploy.engines.base import BACKEND, Instance
+from deploy.engines.base import BACKEND, Instance, wait_new_worker, worker_pid
 from deploy.errors import RolloutError
 
 # The configs ship inside the package (deploy/haproxy; in a checkout a link to haproxy/), so
@@ -139,6 +139,11 @@ class LocalEngine:
     @property
     def admin_socket(self) -> Path:
         return self.root / "haproxy.sock"
+
+    @property
+    def server_state(self) -> Path:
+        """Where `reload` leaves the old worker's server states for the new one (then removed)."""
+        return self.root / "haproxy.state"
 
     @property
     def supervisor_socket(self) -> Path:
@@ -250,6 +255,7 @@ files = conf.d/*.conf
             "HAPROXY_RETRIES": str(self.stack.retries),
             "HAPROXY_RETRY_ON": self.stack.retry_on,
             "HAPROXY_CHECK_PATH": self.stack.ready_path,
+            "HAPROXY_SERVER_STATE_FILE": str(self.server_state),
         }
         if self.stack.blue_green:
             env["HAPROXY_COLOR_MAP"] = str(self.color_map)
@@ -409,6 +415,31 @@ stdout_logfile={self.root / "logs" / f"{instance.name}.log"}
                 alert = next((line for line in reversed(log) if "[ALERT]" in line), log[-1] if log else "")
                 raise RolloutError(f"HAProxy did not start: {alert.strip()[:300]}")
             time.sleep(0.05)
+
+    def reload(self) -> list[str]:
+        """HAProxy's master-worker reload: supervisor signals the master (SIGUSR2); the new
+        worker gets the listeners from the old one over the admin socket (expose-fd listeners)
+        and starts from its server states, so a stopped spare slot is not taken for UP."""
+        configs = [arg for cfg in self.haproxy_configs() for arg in ("-f", str(cfg))]
+        check = subprocess.run([haproxy_binary(), "-c", *configs], capture_output=True, text=True,
+                               check=False, env={**os.environ, **self.haproxy_env()})
+        if check.returncode != 0:
+            alert = next((line for line in (check.stdout + check.stderr).splitlines() if "[ALERT]" in line),
+                         check.stderr.strip() or "haproxy -c failed")
+            raise RolloutError(f"HAProxy's configuration does not load, so nothing was reloaded: "
+                               f"{alert.strip()[:300]}")
+        old = worker_pid(self.haproxy_command("show info"))
+        began = time.monotonic()
+        self.server_state.write_text(self.haproxy_command("show servers state"))
+        try:
+            self.supervisor("signalProcess", "haproxy", "USR2")
+            new = wait_new_worker(lambda: self.haproxy_command("show info"), old)
+        except xmlrpc.client.Fault as fault:
+            raise RolloutError(f"supervisor: {fault.faultString}") from None
+        finally:
+            self.server_state.unlink(missing_ok=True)  # read at the new worker's start; never stale
+        return [f"haproxy: reloaded (master-worker, SIGUSR2): worker {old} -> {new} "
+                f"in {time.monotonic() - began:.2f}s"]
 
     def down(self) -> None:
         pidfile = self.root / "supervisord.pid"

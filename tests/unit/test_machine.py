@@ -499,6 +499,22 @@ def test_starting_stop_before_ready_drains_then_signals_the_app(h: Harness, sig:
     assert h.stats[0].read_count(DRAINING) == 1  # MAINT with 0 sessions: out at the first read
 
 
+def test_starting_stop_before_ready_with_no_row_anywhere_is_drained_at_once(h: Harness) -> None:
+    """Never ready and in no HAProxy (Swarm puts a task in the DNS only once it is healthy):
+    nothing can be in flight, so the drain does not wait its timeout for a row."""
+    h.probes.ready_at = None
+    h.stats = [FakeStats(URL1, draining=[answer()]), FakeStats(URL2, draining=[answer()])]
+
+    async def script(agent: Agent) -> None:
+        await h.wait_for(lambda: bool(h.apps), "spawn")
+        agent.on_stop_signal(SIGTERM)
+
+    assert h.run(script) == 0
+    assert h.journal() == ["app.started", "signal.received", ">draining", "haproxy.missing",
+                           "haproxy.missing", "drain.done", *NORMAL_STOP]
+    assert all(stats.read_count(DRAINING) == 1 for stats in h.stats)
+
+
 def test_starting_second_signal_before_the_machine_acts_cuts_the_drain(h: Harness) -> None:
     h.probes.ready_at = None
     h.stats = [FakeStats(URL1, draining=[answer(row("UP", 3))])]

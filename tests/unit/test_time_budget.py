@@ -44,7 +44,7 @@ def test_local_stack_drain_and_stop_fit_supervisors_grace() -> None:
     assert local.DRAIN_TIMEOUT_S + local.APP_STOP_TIMEOUT_S < local.STOP_WAIT_S
 
 
-@pytest.mark.parametrize("name", ["docker-compose.yml", "docker-compose.bluegreen.yml"])
+@pytest.mark.parametrize("name", ["docker-compose.yml", "docker-compose.bluegreen.yml", "deploy/stack.yml"])
 def test_compose_drain_and_stop_fit_the_stop_grace_period(name: str) -> None:
     path = REPO / name
     drain = compose_setting(path, "DRAIN_AGENT_DRAIN_TIMEOUT")
