@@ -147,7 +147,8 @@ start_one() {
   id=$(comm -13 <(echo "$before") <(echo "$after") | head -1)
   [ -n "$id" ] && echo "$id"
 }
-retire() { docker stop -t 60 "$1" >/dev/null && docker rm "$1" >/dev/null; }
+# docker stop waits the container's own grace period (compose's stop_grace_period) before SIGKILL.
+retire() { docker stop "$1" >/dev/null && docker rm "$1" >/dev/null; }
 
 if [ -n "$surge" ]; then
   slots=$(slots_of "${old_ids[0]}")

@@ -278,7 +278,8 @@ class DockerEngine:
         """Stop (each agent drains first) and remove; their last log lines are kept, so that
         log_tail still shows why a removed replacement never got UP."""
         names = [i.name for i in instances]
-        docker("stop", "--time", str(int(STOP_GRACE_S)), *names, timeout_s=RECREATE_TIMEOUT_S)
+        # Each container's own grace period before SIGKILL (compose's stop_grace_period).
+        docker("stop", *names, timeout_s=RECREATE_TIMEOUT_S)
         for name in names:
             self._removed_logs[name] = self.log_tail(Instance(name, ""), LOG_LINES_KEPT)
         docker("rm", *names)

@@ -451,6 +451,35 @@ class ComposeStack:
             self.env[variable] = found.pop()
 
 
+def swarm_node() -> str:
+    """This engine's swarm node id ('' outside a swarm)."""
+    return docker("info", "--format", "{{.Swarm.NodeID}}", check=False).stdout.strip()
+
+
+SWARM_CHANGES: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def note_swarm_changes(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A `docker swarm leave` on this engine while a compose stack runs breaks Docker's embedded
+    DNS for its containers (moby/moby#45144): HAProxy's slots, the agents' stats reads and the
+    tests' waits then fail for a reason outside the project. Note it, for the summary."""
+    before = swarm_node() if "docker" in request.keywords else ""
+    yield
+    if "docker" in request.keywords and (after := swarm_node()) != before:
+        SWARM_CHANGES.append(f"{request.node.nodeid}: swarm node {before or '-'} -> {after or '-'}")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if SWARM_CHANGES:
+        terminalreporter.write_sep("=", "this engine's swarm changed during these tests", yellow=True)
+        terminalreporter.write_line("Docker's embedded DNS breaks for running bridge-network containers on "
+                                    "`docker swarm leave` (moby/moby#45144); failures in these tests may "
+                                    "come from that:")
+        for line in SWARM_CHANGES:
+            terminalreporter.write_line(f"  {line}")
+
+
 @pytest.fixture(scope="module")
 def stack() -> Iterator[ComposeStack]:
     """docker-compose.yml, 3 containers of app, for the whole module."""

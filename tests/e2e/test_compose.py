@@ -26,7 +26,6 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import (
-    REPO,
     ComposeStack,
     Container,
     DockerEvents,
@@ -342,7 +341,7 @@ def test_a_release_haproxy_cannot_reach_halts_the_deploy(healthy_stack: ComposeS
                 and "it was removed; deploy halted, still on the old version: "
                 + " ".join(c.short for c in untouched) + "\n" in bad.stderr), bad.stderr
     else:
-        assert re.search(r"not ready and UP within 8s \(HAProxy status: (DOWN|MAINT)", bad.stderr), bad.stderr
+        assert re.search(r"not ready and UP within [0-9.]+s \(HAProxy status: (DOWN|MAINT)", bad.stderr), bad.stderr
         assert "rollout halted; untouched: " + ", ".join(c.name for c in untouched) + "\n" in bad.stderr
         assert "event=" in bad.stderr.split("last log lines of ", 1)[1]  # the agent's own lines
     if not surge:
@@ -415,15 +414,11 @@ def test_control_a_plain_haproxy_restart_does_fail_requests(healthy_stack: Compo
 def test_haproxy_reload_usr2_under_load(healthy_stack: ComposeStack) -> None:
     """The official image's reload (master-worker, SIGUSR2 to PID 1): the old worker finishes
     what it has (idle-close-on-response, hard-stop-after), the new one takes new connections.
-
-    Known bug while haproxy/servers-dns.cfg has no hold for an empty backend: the new worker
-    starts with every server-template slot empty (init-addr none) and answers 503 <NOSRV>
-    until its first DNS answer, a few ms later. Such 503s (and only those) make this an xfail;
-    with the hold in place (`nbsrv` in the backend) any failure fails."""
+    Its server slots are empty until its first DNS answer (a few ms): servers-dns.cfg holds a
+    request meanwhile (without that hold, 79 of 45,143 requests got 503 <NOSRV> over 8 reloads)."""
     stack = healthy_stack
     haproxy = stack.compose("ps", "-q", "haproxy").stdout.strip()
     pids = [worker_pid(stack)]
-    since = docker("info", "--format", "{{json .SystemTime}}").stdout.strip().strip('"')
 
     def reloads() -> None:
         for _ in range(8):
@@ -438,13 +433,33 @@ def test_haproxy_reload_usr2_under_load(healthy_stack: ComposeStack) -> None:
     result, _ = load_during(stack.url, reloads, requests=12_000)
     assert len(set(pids)) == 9, pids  # eight reloads, each a new worker
     assert stack.compose("ps", "-q", "haproxy").stdout.strip() == haproxy  # reloaded, not restarted
-    assert stack.wait_up(3)
-    holds = "nbsrv" in (REPO / "haproxy" / "servers-dns.cfg").read_text()
-    if result.failed and not holds and set(result.failures) == {"http 503"}:
-        log = docker("logs", "--since", since, haproxy, check=False)
-        nosrv = sum("<NOSRV>" in line and " 503 " in line for line in (log.stdout + log.stderr).splitlines())
-        assert nosrv >= result.failed, (nosrv, result.failed)
-        pytest.xfail(f"{result.failed} requests got 503 <NOSRV> from a new worker with empty server "
-                     f"slots over {len(pids) - 1} reloads ({result.total} requests): haproxy/servers-dns.cfg "
-                     "needs a hold for an empty backend (see the test's docstring)")
     assert_no_failures(result, 12_000)
+    stack.wait_up(3)
+
+
+def test_rollout_reload_under_load(healthy_stack: ComposeStack) -> None:
+    """`rollout --engine docker reload`: `haproxy -c`, the servers' states handed to the new
+    worker (server-state-file), SIGUSR2; three times under strict load."""
+    stack = healthy_stack
+    haproxy = stack.compose("ps", "-q", "haproxy").stdout.strip()
+
+    def reloads() -> list[subprocess.CompletedProcess[str]]:
+        runs = []
+        for _ in range(3):
+            runs.append(stack.rollout("reload"))
+            time.sleep(1.0)
+        return runs
+
+    result, runs = load_during(stack.url, reloads, requests=8_000)
+    assert isinstance(runs, list)
+    workers = []
+    for run in runs:
+        assert run.returncode == 0, run.stderr
+        found = re.search(r"haproxy: reloaded \(master-worker, SIGUSR2\): worker (\d+) -> (\d+)",
+                          run.stdout + run.stderr)
+        assert found, run.stdout + run.stderr
+        workers.append(found.groups())
+    assert len({w for pair in workers for w in pair}) == 4, workers  # a new worker each time
+    assert stack.compose("ps", "-q", "haproxy").stdout.strip() == haproxy
+    assert_no_failures(result, 8_000)
+    stack.wait_up(3)

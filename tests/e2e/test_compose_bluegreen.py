@@ -234,6 +234,7 @@ def test_a_switch_survives_docker_compose_restart_haproxy(bg: BlueGreenStack) ->
     assert bg.colors() == ("green", "green")
     instances, _ = bg.answered_by(8)
     assert instances == {c.short for c in pools["green"]}
+    bg.wait_up(2, "blue", timeout=60)  # the restarted HAProxy checks blue again too
     assert bg.rollout("switch", "blue").returncode == 0  # leave it as found
 
 
