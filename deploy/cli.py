@@ -236,7 +236,8 @@ def make_docker_engine(args: argparse.Namespace) -> DockerEngine:
         return find_stack(env)
     if args.no_agent or args.instances != 3:
         raise RolloutError("--no-agent and --instances: local engine only (the compose files run "
-                           "app1..app3, or blue1 blue2 green1 green2, each under drain-agent)", exit_code=2)
+                           "the app service(s) under drain-agent; scale with `docker compose up "
+                           "--scale app=N`)", exit_code=2)
     versions = ("BLUE_VERSION", "GREEN_VERSION") if args.blue_green else ("SERVICE_VERSION",)
     for value, default, var in (
         (args.port, int(env_default("PORT", "8785")), "ZDH_PORT"),
@@ -288,7 +289,7 @@ def print_event(event: Event) -> None:
 def cmd_up(engine: Engine, args: argparse.Namespace) -> int:
     if engine.is_up():
         raise RolloutError(f"a stack is already running from {engine.root}; `rollout down` first")
-    say(f"starting HAProxy and {len(engine.instances())} instances from {engine.root} ...")
+    say(f"starting HAProxy and the instances from {engine.root} ...")
     try:
         engine.up()
         for instance in engine.instances():

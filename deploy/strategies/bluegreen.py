@@ -81,11 +81,15 @@ def switch(
     engine: Engine, color: str, say: Callable[[str], None], drain_timeout_s: float = 60.0
 ) -> SwitchResult:
     check_color(color)
-    # Every server of the pool that has an address (compose: the slots DNS filled) must be UP.
+    # Every server of the pool that has an address (compose: the slots DNS filled) must be UP,
+    # and every instance of the pool must have such a row (a stopped container has none).
     servers = [stat for stat in read_servers(engine, color) if stat.addr]
     not_up = {stat.server: stat.status for stat in servers if stat.status != "UP"}
-    if not servers or not_up:
-        detail = ", ".join(f"{name} ({status})" for name, status in not_up.items()) or "no servers"
+    missing = [i.name for i in engine.instances() if i.backend == color
+               and i.address not in {stat.addr for stat in servers}]
+    if not servers or not_up or missing:
+        detail = ", ".join([f"{name} ({status})" for name, status in not_up.items()]
+                           + [f"{name} (not in HAProxy)" for name in missing]) or "no servers"
         raise RolloutError(f"refusing to switch to {color}: not UP and ready: {detail}")
     old = active_color(engine)
     if old == color:

@@ -133,9 +133,8 @@ def rolling_restart(
         result.events.append(event)
         report(event)
 
-    def halt(why: str, untouched: list[Instance], tail_of: Instance | None = None) -> RestartResult:
+    def halt(why: str, untouched: list[Instance], tail: str = "") -> RestartResult:
         names = ", ".join(i.name for i in untouched) or "none"
-        tail = f"\nlast log lines of {tail_of.name}:\n{engine.log_tail(tail_of, 8)}" if tail_of else ""
         result.error = f"{why}\nrollout halted; untouched: {names}{tail}"
         return result
 
@@ -169,10 +168,13 @@ def rolling_restart(
                 wait_ready(engine, instance, target, max(0.0, deadline - time.monotonic()))
             except RolloutError as exc:
                 emit(instance, "failed", str(exc))
-                if surge:
-                    engine.retire(new)  # the old ones still serve: nothing was lost
-                    return halt(f"{exc}; the new instances were stopped", batch + rest, instance)
-                return halt(str(exc), rest, instance)
+                tail = f"\nlast log lines of {instance.name}:\n{engine.log_tail(instance, 8)}"
+                if surge:  # the old ones still serve: nothing was lost
+                    engine.retire(new)
+                    return halt(f"{exc}; the new instances were stopped", batch + rest, tail)
+                # Stop-first: the replacement keeps its slot (HAProxy sends it nothing) until a
+                # fix-forward `rollout restart` replaces it.
+                return halt(str(exc), rest, tail)
             result.seconds[instance.name] = time.monotonic() - began
             emit(instance, "ready", f"UP in {result.seconds[instance.name]:.2f}s")
         if surge:

@@ -234,8 +234,14 @@ def test_a_switch_survives_docker_compose_restart_haproxy(bg: BlueGreenStack) ->
     assert bg.colors() == ("green", "green")
     instances, _ = bg.answered_by(8)
     assert instances == {c.short for c in pools["green"]}
-    bg.wait_up(2, "blue", timeout=60)  # the restarted HAProxy checks blue again too
-    assert bg.rollout("switch", "blue").returncode == 0  # leave it as found
+    # Leave it as found. The restarted HAProxy checks blue again too; on a loaded machine one
+    # check may time out right after (UP 1/2), and a switch rightly refuses a pool not all UP.
+    for _ in range(5):
+        bg.wait_up(2, "blue", timeout=60)
+        if bg.rollout("switch", "blue").returncode == 0:
+            break
+    else:
+        raise AssertionError("could not switch back to blue")
 
 
 def test_an_app_container_cannot_switch_colors(bg: BlueGreenStack) -> None:
