@@ -40,7 +40,6 @@ from tests.e2e.conftest import (
     DockerEvents,
     assert_no_failures,
     docker,
-    last_versions,
     load_during,
     require_docker,
 )
@@ -204,7 +203,9 @@ def test_deploy_sh_rolls_the_example_to_v2_with_zero_failed(example: str) -> Non
 
         assert_no_failures(result, DEPLOY_REQUESTS)
         assert result.posts_answered and not result.posts_failed
-        assert set(result.versions) == {"v1", "v2"} and last_versions(result) == {"v2"}
+        # (Not "the last second was all v2": the last old container's drain may finish its own
+        # requests in that second. answered_by() below checks that only v2 answers afterwards.)
+        assert set(result.versions) == {"v1", "v2"}
         new = stack.wait_up(3, timeout=30)
         assert not {c.id for c in new} & {c.id for c in old}, "an old container survived"
         assert {c.id for c in stack.containers(all=True)} == {c.id for c in new}, "leftover containers"
