@@ -35,6 +35,7 @@ from typing import Any
 from agent.errors import HAProxyError
 from agent.haproxy import ServerStat, StatsPage
 from deploy.engines.base import BACKEND, Instance, check_version
+from deploy.engines.compose import RUNTIME_API_SCRIPT, STATE_DUMP_SCRIPT, VERSION_SCRIPT
 from deploy.errors import RolloutError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -60,18 +61,6 @@ QUICK_TIMEOUT_S = 20.0
 RELOAD_TIMEOUT_S = 15.0
 POLL_S = 0.2
 LIVE = ("new", "pending", "assigned", "accepted", "preparing", "ready", "starting", "running")
-VERSION_SCRIPT = """
-import json, os, urllib.request as u
-port = os.environ.get("SERVICE_PORT", "8000")
-opener = u.build_opener(u.ProxyHandler({}))
-print(json.load(opener.open(f"http://127.0.0.1:{port}/version", timeout=2))["version"])
-"""
-# One Runtime API command, run inside a HAProxy container: HAProxy answers and closes.
-RUNTIME_API_SCRIPT = 'exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1; printf "%s\\n" "$2" >&3; cat <&3'
-# Before a reload: the servers' states and addresses, where the new worker reads them
-# (HAPROXY_SERVER_STATE_FILE: server-state-file in haproxy.cfg).
-STATE_DUMP_SCRIPT = ('exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1; printf "show servers state\\n" >&3; '
-                     'cat <&3 > "$2.new" && mv -f "$2.new" "$2"')
 
 
 def timestamp(text: str) -> float:
