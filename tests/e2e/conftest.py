@@ -29,12 +29,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvloop
 
 from agent.haproxy import ServerStat, parse_stat_csv
-from deploy.check.loadcheck import LoadPlan, LoadResult, run_load
+from deploy.check.loadcheck import LoadResult
 from deploy.engines.compose import DockerEngine
 from tests.conftest import free_port
+from tests.conftest import load_during as shared_load_during
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY_SH = REPO / "deploy" / "deploy.sh"
@@ -91,32 +91,15 @@ def load_during(url: str, action: Callable[[], object] | None, *, requests: int 
     """Strict load (deploy.check.loadcheck.run_load: no retries, every request counted) on
     `url`/cms while `action` runs in a thread; the load goes on until the action is done.
 
-    tests.conftest.load_during with the concurrency and mix as parameters (it fixes 100)."""
-    plan = LoadPlan(url=f"{url}/cms", requests=requests, concurrency=concurrency,
-                    post_share=post_share, slow_share=slow_share, slow_ms=slow_ms)
-    outcome: list[object] = []
-    done = threading.Event()
-
-    def run() -> None:
-        try:
-            time.sleep(start_after_s)
-            outcome.append(action() if action else None)
-        except BaseException as exc:  # re-raised below, not lost in the thread
-            outcome.append(exc)
-        finally:
-            done.set()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    result = uvloop.run(run_load(plan, keep_going=lambda: not done.is_set()))
-    thread.join()
+    tests.conftest.load_during, with this module's defaults, and a line about the load."""
+    result, outcome = shared_load_during(url, action, requests=requests, start_after_s=start_after_s,
+                                         slow_ms=slow_ms, concurrency=concurrency, post_share=post_share,
+                                         slow_share=slow_share)
     print(f"\nload: {result.total} requests (c={concurrency}) in {result.elapsed_s:.1f}s, "
           f"{result.failed} failed {dict(result.failures)}, p50 {result.percentile(50):.1f} ms, "
           f"p99 {result.percentile(99):.1f} ms, max {max(result.latencies_ms, default=0):.0f} ms; "
           f"versions {dict(result.versions)}")
-    if isinstance(outcome[0], BaseException):
-        raise outcome[0]
-    return result, outcome[0]
+    return result, outcome
 
 
 def assert_no_failures(result: LoadResult, requests: int) -> None:
