@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,9 +28,7 @@ HAPROXY_CFG = REPO / "haproxy" / "haproxy.cfg"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_port_run(1)
 
 
 def haproxy_binary() -> str:
@@ -206,11 +204,20 @@ def make_stack(tmp_path: Path, **options: object) -> LocalEngine:
     return LocalEngine(stack)
 
 
+# Runs of ports come from below the kernel's ephemeral range (32768-60999 here), so a load
+# client's outgoing connection can never take one between the check and the stack's start; and
+# they are handed out in turn, so two runs in one test never overlap.
+_RUNS = range(20000, 32000)
+_next_base = _RUNS.start + random.randrange(0, len(_RUNS), 100)
+
+
 def free_port_run(count: int) -> int:
-    """A base port with `count` free ports after it."""
-    for _ in range(50):
-        base = free_port()
-        if base + count < 65535 and all(not _in_use(base + i) for i in range(count)):
+    """A base port with `count` free ports after it, none shared with an earlier run."""
+    global _next_base
+    for _ in range(len(_RUNS) // count):
+        base = _next_base if _next_base + count < _RUNS.stop else _RUNS.start
+        _next_base = base + count
+        if all(not _in_use(base + i) for i in range(count)):
             return base
     raise RuntimeError("no run of free ports")
 

@@ -35,8 +35,9 @@ def processes_mentioning(text: str) -> list[str]:
 
 
 def ports() -> list[str]:
+    """Ports for `rollout up` with its default 3 instances: 6 slots each (3 spares for surges)."""
     return ["--port", str(free_port()), "--stats-port", str(free_port()),
-            "--app-base-port", str(free_port_run(3)), "--agent-base-port", str(free_port_run(3))]
+            "--app-base-port", str(free_port_run(6)), "--agent-base-port", str(free_port_run(6))]
 
 
 @needs_node
