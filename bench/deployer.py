@@ -84,12 +84,12 @@ class BackgroundDeploy:
 
 
 def main(argv: list[str]) -> int:
-    state_dir, strategy, version, delay_s, timeout_s = argv
-    from bench.strategies import STRATEGIES, DeployTiming, watched
+    state_dir, strategy_name, version, delay_s, timeout_s = argv
+    from bench.strategies import DeployTiming, strategy, watched
     from deploy.engines.local import LocalEngine, LocalStack
 
     engine = LocalEngine(LocalStack.load(state_dir))
-    run = STRATEGIES[strategy]
+    run = strategy(strategy_name)
     print("ready", flush=True)
     if sys.stdin.readline().strip() != "go":
         return 1
@@ -98,7 +98,7 @@ def main(argv: list[str]) -> int:
         try:
             timing = run(engine, version, float(timeout_s))
         except Exception as exc:  # reported to the parent, which records the run as broken
-            timing = DeployTiming(strategy, version, error=f"{type(exc).__name__}: {exc}")
+            timing = DeployTiming(strategy_name, version, error=f"{type(exc).__name__}: {exc}")
     timing.states = states
     print("result " + json.dumps(timing.as_dict()), flush=True)
     return 0

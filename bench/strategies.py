@@ -41,9 +41,10 @@ class DeployTiming:
 
     @classmethod
     def of(cls, strategy: str, version: str, result: RestartResult, first: str) -> DeployTiming:
-        """From the deploy's `first` event to its last `ready`, if it did not halt."""
+        """From the deploy's `first` event to its last `ready` (with surge: the last old instance
+        `stopped`, which comes after), if it did not halt."""
         starts = [e.at for e in result.events if e.name == first]
-        readies = [e.at for e in result.events if e.name == "ready"]
+        readies = sorted(e.at for e in result.events if e.name in ("ready", "stopped"))
         return cls(strategy, version, began=starts[0] if starts else None,
                    ended=readies[-1] if readies and result.error is None else None,
                    per_instance_s=dict(result.seconds), events=[asdict(e) for e in result.events],
@@ -93,9 +94,12 @@ def progress(strategy: str, *names: str) -> Callable[[Event], None]:
     return say
 
 
-def rolling(engine: LocalEngine, version: str, timeout_s: float) -> DeployTiming:
-    """rolling_restart: restart (supervisor: SIGTERM, wait, start), wait ready + UP, next."""
-    result = rolling_restart(engine, version, {}, timeout_s, progress("rolling_restart", "ready", "failed"))
+def rolling(engine: LocalEngine, version: str, timeout_s: float, surge: bool = False,
+            max_unavailable: str = "1") -> DeployTiming:
+    """rolling_restart: restart (supervisor: SIGTERM, wait, start), wait ready + UP, next; with
+    `surge`, the new instances start and are UP before the old ones drain and stop."""
+    result = rolling_restart(engine, version, {}, timeout_s, progress("rolling_restart", "ready", "failed"),
+                             surge=surge, max_unavailable=max_unavailable)
     return DeployTiming.of("rolling_restart", version, result, first="restart")
 
 
@@ -156,3 +160,15 @@ def sample_script(engine: LocalEngine, version: str, timeout_s: float) -> Deploy
 
 
 STRATEGIES = {"rolling": rolling, "sample": sample_script}
+
+
+def strategy(name: str) -> Callable[[LocalEngine, str, float], DeployTiming]:
+    """A deploy by name: "rolling" and "sample", or `rolling_restart`'s options as
+    "rolling:K" (K at a time, stop-first) and "surge" / "surge:K" (K new ones first)."""
+    kind, _, size = name.partition(":")
+    if kind in ("rolling", "surge") and (size or kind == "surge"):
+        return lambda engine, version, timeout_s: rolling(engine, version, timeout_s, surge=kind == "surge",
+                                                          max_unavailable=size or "1")
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown deploy strategy {name!r}")
+    return STRATEGIES[name]

@@ -73,6 +73,10 @@ class Engine(Protocol):
     """A stack that `rollout` can start, inspect and restart; every command takes one of these."""
 
     name: str  # the --engine value: local or docker
+    # A surge may start the next batch while the last one drains: `retire` can run in another
+    # thread while `add` starts other instances (the local engine; compose counts containers
+    # to scale, so there one step ends before the next begins).
+    overlapping_retire: bool
 
     @property
     def root(self) -> Path:

@@ -62,6 +62,7 @@ STATE_DUMP_SCRIPT = ('exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1; printf "show se
 
 class DockerEngine:
     name = "docker"
+    overlapping_retire = False
 
     def __init__(self, env: Mapping[str, str] | None = None, blue_green: bool = False) -> None:
         """`blue_green`: the two-pool stack; its compose file is then docker-compose.bluegreen.yml.

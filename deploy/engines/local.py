@@ -128,11 +128,16 @@ def supervisor_env(env: Mapping[str, str]) -> str:
 
 class LocalEngine:
     name = "local"
+    overlapping_retire = True
 
     def __init__(self, stack: LocalStack) -> None:
         self.stack = stack
         self.root = stack.root.resolve()
         self.log_marks: dict[str, int] = {}
+        # A surge's add() may run while an earlier batch is retired in another thread: a slot
+        # being retired is not free until its retire() is done with its program.
+        self.slot_lock = threading.Lock()
+        self.retiring: set[str] = set()
 
     # -- layout --------------------------------------------------------------------
 
@@ -470,27 +475,37 @@ stdout_logfile={self.root / "logs" / f"{instance.name}.log"}
 
     def add(self, instances: list[Instance], version: str | None, env: Mapping[str, str]) -> list[Instance]:
         """Surge: as many new instances in free slots (the spares), started at once."""
-        running = {i.name for i in self.instances()}
-        free = [slot for slot in self.slots() if slot.name not in running][: len(instances)]
-        if len(free) < len(instances):
-            raise RolloutError(f"only {len(free)} free slots for {len(instances)} new instances "
-                               f"({len(self.slots())} slots in all)")
-        for slot in free:
-            self.write_app_program(slot, version or self.stack.version, env, autostart=False)
-        self.start(free)
+        with self.slot_lock:
+            taken = {i.name for i in self.instances()} | self.retiring
+            free = [slot for slot in self.slots() if slot.name not in taken][: len(instances)]
+            if len(free) < len(instances):
+                raise RolloutError(f"only {len(free)} free slots for {len(instances)} new instances "
+                                   f"({len(self.slots())} slots in all)")
+            for slot in free:
+                self.write_app_program(slot, version or self.stack.version, env, autostart=False)
+            self.start(free)
         return free
 
     def retire(self, instances: list[Instance], keep: bool = False) -> None:
         """Stop them all at once (each drains first) and wait until every one has exited.
         Unless `keep`, their slots are free again (and stay stopped)."""
+        names = {i.name for i in instances}
+        with self.slot_lock:
+            self.retiring |= names
+        try:
+            self._stop(names)
+        finally:
+            with self.slot_lock:
+                self.retiring -= names
+
+    def _stop(self, names: set[str]) -> None:
         _added, changed, _removed = self.supervisor("reloadConfig")[0]
         try:
             with self.nudging():
-                for instance in instances:
+                for name in sorted(names):
                     with contextlib.suppress(xmlrpc.client.Fault):  # NOT_RUNNING: nothing to stop
-                        self.supervisor("stopProcess", instance.name, False)
+                        self.supervisor("stopProcess", name, False)
                 deadline = time.monotonic() + STOP_WAIT_S + 15
-                names = {i.name for i in instances}
                 while any(p["statename"] not in ("STOPPED", "EXITED", "FATAL")
                           for p in self.supervisor("getAllProcessInfo") if p["name"] in names):
                     if time.monotonic() > deadline:

@@ -130,6 +130,7 @@ class SwarmEngine:
     """`rollout --engine swarm`: the stack `stack` (ZDH_STACK, default zdh) from deploy/stack.yml."""
 
     name = "swarm"
+    overlapping_retire = False
 
     def __init__(self, env: Mapping[str, str] | None = None, stack: str | None = None,
                  stack_file: Path = STACK_FILE) -> None:

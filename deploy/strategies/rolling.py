@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -141,45 +142,92 @@ def rolling_restart(
     instances = engine.instances() if instances is None else instances
     size = batch_size(max_unavailable, len(instances))
     engine.prepare(version, env)
-    for start in range(0, len(instances), size):
-        batch, rest = instances[start : start + size], instances[start + size :]
-        before = engine.version_of(batch[0])
-        target = version or before
-        for old in batch:
-            emit(old, "restart", f"{before or '?'} -> {target or '?'}")
-        began = time.monotonic()
-        if surge:
-            new = engine.add(batch, target, env)
-            for instance in new:
-                emit(instance, "started", f"new, beside the old one, in {time.monotonic() - began:.2f}s")
-        else:
-            stats = read_servers_patiently(engine, timeout_s)
-            if guard and any(not others_up(stats, old, batch) for old in batch):
-                emit(batch[0], "failed", "no other server UP")
-                return halt(f"[{batch[0].name}] no other server of {batch[0].backend} is UP in HAProxy: "
-                            "stopping it would cut service", batch + rest)
-            new = engine.replace(batch, version, env)
-            for instance in new:
-                emit(instance, "started", f"old one stopped and this one started in "
-                     f"{time.monotonic() - began:.2f}s")
-        deadline = time.monotonic() + timeout_s
-        for instance in new:
-            try:
-                wait_ready(engine, instance, target, max(0.0, deadline - time.monotonic()))
-            except RolloutError as exc:
-                emit(instance, "failed", str(exc))
-                tail = f"\nlast log lines of {instance.name}:\n{engine.log_tail(instance, 8)}"
-                if surge:  # the old ones still serve: nothing was lost
-                    engine.retire(new)
-                    return halt(f"{exc}; the new instances were stopped", batch + rest, tail)
-                # Stop-first: the replacement keeps its slot (HAProxy sends it nothing) until a
-                # fix-forward `rollout restart` replaces it.
-                return halt(str(exc), rest, tail)
-            result.seconds[instance.name] = time.monotonic() - began
-            emit(instance, "ready", f"UP in {result.seconds[instance.name]:.2f}s")
-        if surge:
-            stopping = time.monotonic()
-            engine.retire(batch)
+    with Retirements(engine, emit) as retiring:
+        for start in range(0, len(instances), size):
+            batch, rest = instances[start : start + size], instances[start + size :]
+            before = engine.version_of(batch[0])
+            target = version or before
             for old in batch:
-                emit(old, "stopped", f"drained and stopped in {time.monotonic() - stopping:.2f}s")
+                emit(old, "restart", f"{before or '?'} -> {target or '?'}")
+            began = time.monotonic()
+            if surge:
+                new = engine.add(batch, target, env)
+                for instance in new:
+                    emit(instance, "started", f"new, beside the old one, in {time.monotonic() - began:.2f}s")
+            else:
+                stats = read_servers_patiently(engine, timeout_s)
+                if guard and any(not others_up(stats, old, batch) for old in batch):
+                    emit(batch[0], "failed", "no other server UP")
+                    return halt(f"[{batch[0].name}] no other server of {batch[0].backend} is UP in HAProxy: "
+                                "stopping it would cut service", batch + rest)
+                new = engine.replace(batch, version, env)
+                for instance in new:
+                    emit(instance, "started", f"old one stopped and this one started in "
+                         f"{time.monotonic() - began:.2f}s")
+            deadline = time.monotonic() + timeout_s
+            for instance in new:
+                try:
+                    wait_ready(engine, instance, target, max(0.0, deadline - time.monotonic()))
+                except RolloutError as exc:
+                    emit(instance, "failed", str(exc))
+                    tail = f"\nlast log lines of {instance.name}:\n{engine.log_tail(instance, 8)}"
+                    if surge:  # the old ones still serve: nothing was lost
+                        engine.retire(new)
+                        return halt(f"{exc}; the new instances were stopped", batch + rest, tail)
+                    # Stop-first: the replacement keeps its slot (HAProxy sends it nothing) until a
+                    # fix-forward `rollout restart` replaces it.
+                    return halt(str(exc), rest, tail)
+                result.seconds[instance.name] = time.monotonic() - began
+                emit(instance, "ready", f"UP in {result.seconds[instance.name]:.2f}s")
+            if surge:
+                retiring.retire(batch)
+    if retiring.error is not None:
+        result.error = retiring.error
     return result
+
+
+class Retirements:
+    """A surge's old batches, drained and stopped once their replacements are UP.
+
+    Where the engine allows it (`overlapping_retire`), a batch drains in the background while
+    the next batch's new instances boot: a step then costs the boot and warm-up, not the drain
+    as well, and UP capacity stays at N (the draining ones take no new work, their
+    replacements do). The local engine has a spare slot per instance, so old and new never
+    need more. Leaving the `with` waits for every drain, whatever happened meanwhile."""
+
+    def __init__(self, engine: Engine, emit: Callable[[Instance, str, str], None]) -> None:
+        self.engine = engine
+        self.emit = emit
+        self.threads: list[threading.Thread] = []
+        self.error: str | None = None
+
+    def __enter__(self) -> Retirements:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.wait()
+
+    def retire(self, batch: list[Instance]) -> None:
+        if not self.engine.overlapping_retire:
+            self._retire(batch)
+            return
+        thread = threading.Thread(target=self._in_background, args=(batch,), daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    def _retire(self, batch: list[Instance]) -> None:
+        stopping = time.monotonic()
+        self.engine.retire(batch)
+        for old in batch:
+            self.emit(old, "stopped", f"drained and stopped in {time.monotonic() - stopping:.2f}s")
+
+    def _in_background(self, batch: list[Instance]) -> None:
+        try:
+            self._retire(batch)
+        except RolloutError as exc:
+            self.error = self.error or f"{exc} (their replacements are UP and serve)"
+
+    def wait(self) -> None:
+        for thread in self.threads:
+            thread.join()
+        self.threads.clear()

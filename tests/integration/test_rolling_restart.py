@@ -17,10 +17,12 @@ from deploy.strategies.rolling import Event, RestartResult, read_servers, rollin
 from tests.conftest import BIN, load_during, make_stack, shut_down
 
 
-def load_with_restart(engine: LocalEngine, version: str, **options: object) -> tuple[LoadResult, RestartResult]:
+def load_with_restart(engine: LocalEngine, version: str, slow_ms: int = 150,
+                      **options: object) -> tuple[LoadResult, RestartResult]:
     events: list[Event] = []
     result, restart = load_during(
-        engine.frontend_url(), lambda: rolling_restart(engine, version, {}, 60, events.append, **options))  # type: ignore[arg-type]
+        engine.frontend_url(), lambda: rolling_restart(engine, version, {}, 60, events.append, **options),  # type: ignore[arg-type]
+        slow_ms=slow_ms)
     # The whole restart happened while the load ran.
     assert result.started < events[0].at and events[-1].at < result.started + result.elapsed_s
     assert isinstance(restart, RestartResult)
@@ -128,6 +130,21 @@ def test_surge_keeps_every_instance_up_and_loses_nothing(stack_factory) -> None:
     assert min(up.samples) >= 3 and max(up.samples) == 4  # a new one UP before an old one drained
     assert len(engine.instances()) == 3
     assert [engine.version_of(i) for i in engine.instances()] == ["v2", "v2", "v2"]
+
+
+def test_surge_boots_the_next_instance_while_the_last_one_drains(stack_factory) -> None:  # type: ignore[no-untyped-def]
+    """1.5 s requests keep each old instance draining; the next new one is started meanwhile,
+    and capacity still never drops below 3."""
+    engine = stack_factory()
+    with UpCounter(engine) as up:
+        result, restart = load_with_restart(engine, "v2", surge=True, slow_ms=1500)
+    assert restart.error is None and result.failed == 0, (restart.error, result.failures)
+    assert min(up.samples) >= 3
+    started = [e.at for e in restart.events if e.name == "started"]
+    stopped = [e.at for e in restart.events if e.name == "stopped"]
+    assert len(started) == len(stopped) == 3
+    # Old batch i stopped only after new batch i+1 had started: the drain overlapped the boot.
+    assert stopped[0] > started[1] and stopped[1] > started[2], restart.events
 
 
 def test_negative_control_stop_first_drops_capacity(stack_factory) -> None:  # type: ignore[no-untyped-def]
