@@ -114,14 +114,15 @@ def cpu_per_request(
 
 
 def measure(engine: LocalEngine, load: LoadSpec, *, strategy: str | None = None, version: str | None = None,
-            delay_s: float = 2.0) -> dict[str, object]:
-    """Run `load`; with `strategy`, a rolling deploy to `version` starts `delay_s` after the load."""
+            delay_s: float = 2.0, trace: Trace | None = None) -> dict[str, object]:
+    """Run `load`; with `strategy`, a rolling deploy to `version` starts `delay_s` after the load.
+    A strict load under a deploy of our stack is traced; pass `trace` to keep (or force) one."""
     load_average = os.getloadavg()[0]
     before = backend_counters(engine)
     cpu_before = process_cpu(engine) if strategy is None else None
     deploy = BackgroundDeploy(engine.root, strategy, version or "", delay_s) if strategy else None
-    want_trace = bool(strategy) and engine.stack.agent and load.client == "strict"
-    trace = Trace() if want_trace else None
+    if trace is None and strategy and engine.stack.agent and load.client == "strict":
+        trace = Trace()
     with deploy or contextlib.nullcontext():
         started = time.time()
         if deploy is not None:

@@ -346,6 +346,75 @@ def agent_part(data: dict[str, Any], results: dict[str, Any]) -> list[str]:
     return lines
 
 
+SURGE_NOTES = """
+- (a) req/s and p99 'during' are over the deploy's own seconds (first restart -> last old instance
+  stopped); 'steady' over the same seconds, counted from the load's start, of a run without a deploy
+  just before on the same stack. 2 s requests from workers that start together come in waves, so only
+  the same offsets compare. Each server takes at most 32 requests at once (`maxconn 32`, the rest
+  queue in HAProxy): its capacity, not this box's CPU, limits throughput, as on a real fleet.
+- (b) boot + warm-up: from a step's start (its `restart` event) to its new instance's app answering
+  ready (the agent's app.ready), per instance, in the same run; the bound is 3 x its median + 2.5 s.
+  A surge step's old instance drains while the next step boots; the deploy ends when the last old
+  instance has drained its 2 s requests and stopped.
+- (c) surge with `--max-unavailable 3`: 3 new instances start together, and 3 old ones drain once
+  those are UP; steps = ceil(N / 3).
+"""
+
+
+def window(records: Sequence[Record], which: str, key: str, digits: int = 0) -> str:
+    return spread(pick([r.get("windows") or {} for r in records], which, key), digits)
+
+
+def window_ratio(records: Sequence[Record], key: str) -> str:
+    ratios = [w["deploy"][key] / w["steady"][key] for r in records
+              if (w := r.get("windows")) and w["deploy"].get(key) is not None and w["steady"].get(key)]
+    return spread(ratios, 2)
+
+
+def surge_part(data: dict[str, Any]) -> list[str]:
+    runs = data.get("runs", [])
+    lines = header(data, 5)
+    lines += ["### (a) Capacity: stop-first and surge side by side (3 instances)", ""]
+    rows = []
+    for variant in data.get("variants", []):
+        chosen = where(runs, part="capacity", variant=variant)
+        if chosen:
+            rows.append((variant, len(chosen), spread(pick(chosen, "load", "requests")),
+                         spread(pick(chosen, "load", "failed")), deploy_seconds(chosen),
+                         window(chosen, "deploy", "rps"), window(chosen, "steady", "rps"),
+                         window_ratio(chosen, "rps"), window(chosen, "deploy", "p99_ms"),
+                         window(chosen, "steady", "p99_ms"), window_ratio(chosen, "p99_ms"),
+                         posts_ok(chosen)))
+    lines += table(["deploy", "runs", "requests", "failed", "deploy s", "req/s during", "req/s steady",
+                    "ratio", "p99 ms during", "p99 ms steady", "ratio", "POSTs exactly once"], rows)
+    lines += [f"### (b) A {data.get('warmup_s', 3):g} s warm-up and 2 s requests in flight (3 instances)", ""]
+    warmup_rows = []
+    for variant in data.get("variants", []):
+        chosen = where(runs, part="warm-up", variant=variant)
+        if chosen:
+            boots = [float(ms) for r in chosen for ms in r.get("boots_ms") or []]
+            bounds = [3 * (median(r["boots_ms"]) or 0) / 1000 + 2.5 for r in chosen if r.get("boots_ms")]
+            per_step = [float(v) for r in chosen for v in (r["deploy"].get("per_instance_s") or {}).values()]
+            warmup_rows.append((variant, len(chosen), spread(pick(chosen, "load", "requests")),
+                                spread(pick(chosen, "load", "failed")), deploy_seconds(chosen), spread(boots),
+                                spread(bounds, 2), spread(per_step, 2), posts_ok(chosen)))
+    lines += table(["deploy", "runs", "requests", "failed", "deploy s", "boot + warm-up ms",
+                    "bound 3 x (boot + warm-up) + 2.5 s", "per step s (restart -> new one UP)",
+                    "POSTs exactly once"], warmup_rows)
+    lines += [f"### (c) Many instances, surge {data.get('scale_k', 3)} at a time (under load)", ""]
+    scale_rows = []
+    for size in sorted({int(r["instances"]) for r in where(runs, part="scale")}):
+        chosen = where(runs, part="scale", instances=size)
+        steps = int(chosen[0]["steps"])
+        scale_rows.append((size, len(chosen), steps, deploy_seconds(chosen),
+                     spread([s / steps for s in pick(chosen, "deploy", "seconds")], 2),
+                     spread(pick(chosen, "load", "requests")), spread(pick(chosen, "load", "failed")),
+                     spread(pick(chosen, "load", "p99_ms"), 1), posts_ok(chosen)))
+    lines += table(["instances", "runs", "steps", "deploy s", "s per step", "requests", "failed", "p99 ms",
+                    "POSTs exactly once"], scale_rows)
+    return lines + prose(SURGE_NOTES)
+
+
 def method_part() -> list[str]:
     return ["## Method", "", *prose(METHOD)]
 
@@ -366,5 +435,7 @@ def render(results: dict[str, Any]) -> str:
             lines += render_part(data)
     if section(results, "agent"):
         lines += agent_part(section(results, "agent"), results)
+    if section(results, "surge"):
+        lines += surge_part(section(results, "surge"))
     lines += method_part()
     return "\n".join(lines).rstrip() + "\n"

@@ -11,12 +11,22 @@ RSS_LIMIT_KB = 30 * 1024
 OVERHEAD_LIMIT_MS = 200.0
 P99_FACTOR = 1.5
 MIDDLEWARE_LIMIT = 0.05
+SURGE_RPS_SHARE = 0.9
+SURGE_P99_FACTOR = 1.2
+WARMUP_SLACK_S = 2.5
+SCALE_STEP_SPREAD = 1.5
 TARGETS = {
-    "zero_failures": "0 failed requests in every deploy of ours (sections 2, 3(d), 4)",
+    "zero_failures": "0 failed requests in every deploy of ours (sections 2, 3(d), 4, 5)",
     "overhead": f"agent overhead <= {OVERHEAD_LIMIT_MS:.0f} ms per instance (median)",
     "p99": f"p99 during a deploy <= {P99_FACTOR}x steady state (section 2, same client and load)",
     "middleware": f"drain middleware costs <= {MIDDLEWARE_LIMIT:.0%} throughput (section 1)",
     "rss": f"drain-agent RSS <= {RSS_LIMIT_KB // 1024} MiB",
+    "surge_capacity": f"surge: req/s during a deploy >= {SURGE_RPS_SHARE:.0%} of steady state, p99 <= "
+                      f"{SURGE_P99_FACTOR}x (section 5(a))",
+    "surge_warmup": f"surge, 3 s warm-up, 2 s requests: deploy <= 3 x (boot + warm-up) + {WARMUP_SLACK_S} s "
+                    "(section 5(b))",
+    "surge_scale": f"surge, 3 at a time: deploy time grows about as N/3 (seconds per step within "
+                   f"{SCALE_STEP_SPREAD}x from 3 to 24 instances; section 5(c))",
 }
 
 
@@ -33,6 +43,12 @@ def our_deploys(results: dict[str, Any]) -> list[tuple[str, Record]]:
     found += [(f"3(d), {r['client']}", r) for r in usual]
     found += [(f"4, {r['instances']} instances", r) for r in section(results, "agent").get("runs", [])]
     return found
+
+
+def surge_deploys(results: dict[str, Any]) -> list[tuple[str, Record]]:
+    """Section 5's deploys: in a surge the new instances run in other slots than the old ones,
+    so bench.agentlog's per-slot restart costs do not apply; they count for zero failures."""
+    return [(f"5({r['part']}), {r['variant']}", r) for r in section(results, "surge").get("runs", [])]
 
 
 def loaded_costs(results: dict[str, Any]) -> list[Record]:
@@ -60,7 +76,7 @@ def deploy_problem(record: Record) -> str | None:
 
 
 def zero_failures(results: dict[str, Any]) -> dict[str, object] | None:
-    deploys = our_deploys(results)
+    deploys = our_deploys(results) + surge_deploys(results)
     if not deploys:
         return None
     failed = sum(int(r["load"]["failed"]) for _, r in deploys)
@@ -230,12 +246,76 @@ def rss(results: dict[str, Any]) -> dict[str, object] | None:
             "met": met, "why": why}
 
 
+def window_ratios(runs: list[Record], variant: str, key: str) -> list[float]:
+    """Per run of section 5(a): the deploy window's figure over the same seconds of the steady run."""
+    ratios = []
+    for r in where(runs, part="capacity", variant=variant):
+        windows = r.get("windows") or {}
+        during, steady = (windows.get("deploy") or {}).get(key), (windows.get("steady") or {}).get(key)
+        if during is not None and steady:
+            ratios.append(during / steady)
+    return ratios
+
+
+def surge_capacity(results: dict[str, Any]) -> dict[str, object] | None:
+    runs = section(results, "surge").get("runs", [])
+    rps, p99 = window_ratios(runs, "surge", "rps"), window_ratios(runs, "surge", "p99_ms")
+    if not rps or not p99:
+        return None
+    stop_rps, stop_p99 = window_ratios(runs, "stop-first", "rps"), window_ratios(runs, "stop-first", "p99_ms")
+    mid_rps, mid_p99 = median(rps) or 0, median(p99) or 0
+    measured = (f"surge: req/s {mid_rps:.0%} of steady (runs {min(rps):.0%}-{max(rps):.0%}), "
+                f"p99 {mid_p99:.2f}x; stop-first side by side: req/s {median(stop_rps) or 0:.0%}, "
+                f"p99 {median(stop_p99) or 0:.2f}x")
+    met = mid_rps >= SURGE_RPS_SHARE and mid_p99 <= SURGE_P99_FACTOR
+    why = "" if met else "see section 5(a)"
+    return {"target": TARGETS["surge_capacity"], "measured": measured, "met": met, "why": why}
+
+
+def surge_warmup(results: dict[str, Any]) -> dict[str, object] | None:
+    runs = where(section(results, "surge").get("runs", []), part="warm-up", variant="surge")
+    pairs = [(r["deploy"]["seconds"], 3 * (median(r["boots_ms"]) or 0) / 1000 + WARMUP_SLACK_S)
+             for r in runs if r.get("boots_ms") and isinstance(r["deploy"].get("seconds"), float)]
+    if not pairs:
+        return None
+    deploy, bound = median([d for d, _ in pairs]) or 0, median([b for _, b in pairs]) or 0
+    stop_first = median(pick(where(section(results, "surge").get("runs", []), part="warm-up",
+                                   variant="stop-first"), "deploy", "seconds"))
+    measured = (f"{deploy:.2f} s against a bound of {bound:.2f} s (boot + warm-up measured in each run); "
+                f"stop-first {stop_first or 0:.2f} s")
+    met = deploy <= bound
+    why = "" if met else ("a step also waits for HAProxy to see its instance UP (its next agent-check and"
+                          " health check), and the last old instance drains its 2 s requests: section 5(b)")
+    return {"target": TARGETS["surge_warmup"], "measured": measured, "met": met, "why": why}
+
+
+def surge_scale(results: dict[str, Any]) -> dict[str, object] | None:
+    runs = where(section(results, "surge").get("runs", []), part="scale")
+    per_step = {}
+    for size in sorted({int(r["instances"]) for r in runs}):
+        found = where(runs, instances=size)
+        seconds = median(pick(found, "deploy", "seconds"))
+        if seconds is not None:
+            per_step[size] = (seconds, seconds / int(found[0]["steps"]))
+    if len(per_step) < 2:
+        return None
+    steps = [s for _, s in per_step.values()]
+    spread = max(steps) / min(steps)
+    measured = ", ".join(f"{n}: {d:.1f} s ({s:.2f} s per step)" for n, (d, s) in per_step.items())
+    met = spread <= SCALE_STEP_SPREAD
+    why = "" if met else f"seconds per step vary {spread:.1f}x: see section 5(c)"
+    return {"target": TARGETS["surge_scale"], "measured": measured, "met": met, "why": why}
+
+
 CHECKS: tuple[tuple[Callable[[dict[str, Any]], dict[str, object] | None], tuple[str, ...]], ...] = (
-    (zero_failures, ("original", "usual", "agent")),
+    (zero_failures, ("original", "usual", "agent", "surge")),
     (overhead, ("original", "usual", "agent")),
     (p99, ("original",)),
     (middleware, ("steady",)),
     (rss, ("agent",)),
+    (surge_capacity, ("surge",)),
+    (surge_warmup, ("surge",)),
+    (surge_scale, ("surge",)),
 )
 
 

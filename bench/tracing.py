@@ -50,6 +50,16 @@ class Trace:
         last = max((end for end in ends if end > at), default=at)
         return (last - at) * 1000
 
+    def window(self, spans: list[tuple[float, float]]) -> dict[str, float | int | None]:
+        """Throughput and p99 over time windows ((since, until) in time.time()): the requests
+        answered in them, per second of window, and the p99 of their latencies."""
+        seconds = sum(max(0.0, until - since) for since, until in spans)
+        latencies = sorted((s.ended - s.began) * 1000 for s in self.spans()
+                           if any(since <= s.ended < until for since, until in spans))
+        p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else None
+        return {"seconds": round(seconds, 3), "requests": len(latencies),
+                "rps": len(latencies) / seconds if seconds else None, "p99_ms": p99}
+
     def client(self, url: str, timeout_s: float) -> StrictClient:
         """`run_load`'s client_factory."""
         return TracingClient(url, timeout_s, self)

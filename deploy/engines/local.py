@@ -71,6 +71,7 @@ class LocalStack:
     app_dir: str = "."
     ready_path: str = "/readyz"
     start_timeout_s: float = 60.0  # the agent's --start-timeout
+    server_options: str = ""  # extra options on every server line (HAPROXY_SERVER_OPTS), e.g. "maxconn 32"
 
     @property
     def root(self) -> Path:
@@ -264,6 +265,8 @@ files = conf.d/*.conf
         }
         if self.stack.blue_green:
             env["HAPROXY_COLOR_MAP"] = str(self.color_map)
+        if self.stack.server_options:
+            env["HAPROXY_SERVER_OPTS"] = self.stack.server_options
         return env
 
     def haproxy_configs(self) -> list[Path]:

@@ -199,3 +199,58 @@ def test_the_report_shows_each_verdict() -> None:
     text = report.render(found)
     zero = by_target(found["targets"], "0 failed")
     assert f"| {zero['target']} | {zero['measured']} | **missed** | 2, strict: deploy failed: boom |" in text
+
+
+# -- section 5: surge ---------------------------------------------------------------------------
+
+
+def window(rps: float, p99_ms: float) -> Record:
+    return {"seconds": 3.0, "requests": int(rps * 3), "rps": rps, "p99_ms": p99_ms}
+
+
+def surge_run(part: str, variant: str, *, seconds: float = 3.0, failed: int = 0, **extra: Any) -> Record:
+    return deploy(failed=failed, variant=variant, part=part, instances=extra.pop("instances", 3), **extra) | {
+        "deploy": {"strategy": "rolling_restart", "version": "v2", "error": None, "seconds": seconds,
+                   "per_instance_s": {"app4": 1.0}, "events": []}}
+
+
+def surge_results(*runs: Record) -> dict[str, Any]:
+    return {"sections": {"surge": {"runs": list(runs), "variants": ["stop-first", "surge"], "warmup_s": 3,
+                                   "scale_k": 3}}}
+
+
+def capacity(variant: str, during: float, steady: float = 1000.0, p99: float = 2000.0) -> Record:
+    return surge_run("capacity", variant, windows={"deploy": window(during, p99), "steady": window(steady, 2000.0)})
+
+
+@pytest.mark.parametrize(("during", "p99", "met"), [(950, 2000, True), (850, 2000, False), (950, 2500, False)])
+def test_surge_capacity(during: float, p99: float, met: bool) -> None:
+    verdict = targets.surge_capacity(surge_results(capacity("surge", during, p99=p99), capacity("stop-first", 700)))
+    assert verdict is not None and verdict["met"] is met
+    assert "stop-first side by side: req/s 70%" in str(verdict["measured"])
+
+
+@pytest.mark.parametrize(("seconds", "met"), [(12.1, True), (12.2, False)])
+def test_surge_warmup_bound_is_three_boots_plus_slack(seconds: float, met: bool) -> None:
+    run = surge_run("warm-up", "surge", seconds=seconds, boots_ms=[3100, 3200, 3300])  # bound 3 x 3.2 + 2.5
+    verdict = targets.surge_warmup(surge_results(run, surge_run("warm-up", "stop-first", seconds=15.0)))
+    assert verdict is not None and verdict["met"] is met
+    assert str(verdict["measured"]).startswith(f"{seconds:.2f} s against a bound of 12.10 s")
+
+
+@pytest.mark.parametrize(("last", "met"), [(8 * 1.4, True), (8 * 2.0, False)])
+def test_surge_scale_grows_about_as_steps(last: float, met: bool) -> None:
+    runs = [surge_run("scale", "3 instances", seconds=1.0, instances=3, steps=1),
+            surge_run("scale", "24 instances", seconds=last, instances=24, steps=8)]
+    verdict = targets.surge_scale(surge_results(*runs))
+    assert verdict is not None and verdict["met"] is met
+
+
+def test_surge_deploys_count_for_zero_failures_and_the_report_shows_them() -> None:
+    found = surge_results(capacity("surge", 950), surge_run("warm-up", "surge", failed=2, boots_ms=[3000]))
+    verdict = targets.zero_failures(found)
+    assert verdict is not None and verdict["met"] is False
+    found["targets"] = targets.evaluate(found)
+    text = report.render(found)
+    assert "| surge | 1 | 10000 | 0 | 3.00 | 950 | 1000 | 0.95 | 2000 | 2000 | 1.00 | 1/1 runs |" in text
+    assert "| surge | 1 | 10000 | 2 | 3.00 | 3000 | 11.50 | 1.00 | 1/1 runs |" in text
