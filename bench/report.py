@@ -415,6 +415,43 @@ def surge_part(data: dict[str, Any]) -> list[str]:
     return lines + prose(SURGE_NOTES)
 
 
+STREAMS_NOTES = """
+- The agents run with `DRAIN_AGENT_DRAIN_NOTIFY=SIGUSR1`: once HAProxy sends an instance no new
+  work, its agent signals the app, which closes each WebSocket with 1012 after the message in flight
+  and ends each event stream; the clients reconnect through HAProxy at once. Reconnect: from the
+  close frame (or the stream's end) to the next connection open, per client, client side.
+- Exactly once: every WebSocket seq echoed once (client side) and recorded once in the instances'
+  ledgers (server side); every SSE id the previous + 1.
+- Deploy s: the same rolling restart (stop-first, one at a time) of the same stack, with and without
+  the clients, in turn within each run; the ratio is paired within a run.
+"""
+
+
+def streams_part(data: dict[str, Any]) -> list[str]:
+    runs = data.get("runs", [])
+    lines = header(data, 6)
+    rows = []
+    for variant in data.get("variants", []):
+        chosen = where(runs, variant=variant)
+        found = [r["streams"] for r in chosen if r.get("streams")]
+        ws = [s["reconnect_ms"]["ws"] for s in found]
+        sse = [s["reconnect_ms"]["sse"] for s in found]
+        good = sum(1 for s in found if s["ws_exactly_once"] and s["ws_ledger_ok"] and s["sse_in_order"])
+        whole = f"{good}/{len(found)} runs" if found else "-"
+        rows.append((variant, len(chosen), deploy_seconds(chosen), spread(pick(chosen, "load", "requests")),
+                     spread(pick(chosen, "load", "failed")),
+                     spread([s["ws_messages"] for s in found]) if found else "-",
+                     spread([s["sse_events"] for s in found]) if found else "-", whole,
+                     spread(pick(found, "reconnects")) if found else "-",
+                     f"{spread(pick(ws, 'p50'))} / {spread(pick(ws, 'max'))}" if found else "-",
+                     f"{spread(pick(sse, 'p50'))} / {spread(pick(sse, 'max'))}" if found else "-",
+                     spread(pick(found, "slow_reconnects")) if found else "-"))
+    lines += table(["clients", "runs", "deploy s", "HTTP requests", "HTTP failed", "WS messages",
+                    "SSE events", "exactly once, in order", "reconnects", "WS reconnect ms p50 / max",
+                    "SSE reconnect ms p50 / max", "reconnects over 1 s"], rows)
+    return lines + prose(STREAMS_NOTES)
+
+
 def method_part() -> list[str]:
     return ["## Method", "", *prose(METHOD)]
 
@@ -437,5 +474,7 @@ def render(results: dict[str, Any]) -> str:
         lines += agent_part(section(results, "agent"), results)
     if section(results, "surge"):
         lines += surge_part(section(results, "surge"))
+    if section(results, "streams"):
+        lines += streams_part(section(results, "streams"))
     lines += method_part()
     return "\n".join(lines).rstrip() + "\n"

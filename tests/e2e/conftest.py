@@ -108,10 +108,12 @@ def assert_no_failures(result: LoadResult, requests: int) -> None:
     assert set(result.kinds) == {"get", "get-slow", "post"}, result.kinds
 
 
-def last_versions(result: LoadResult, seconds: int = 1) -> set[str]:
-    """The versions answered in the last `seconds` of the load that had answers."""
-    buckets = [b for _, b in sorted(result.seconds.items()) if b.versions][-seconds:]
-    return {version for bucket in buckets for version in bucket.versions}
+def versions_now(url: str, count: int = 30) -> set[str]:
+    """The versions that answer `count` sequential GETs on the frontend, after a deploy.
+    (Not "the load's last second": the last old instance's drain may finish its own requests
+    in that second, as it should.)"""
+    with httpx.Client(base_url=url, timeout=5) as client:
+        return {client.get("/cms").json()["version"] for _ in range(count)}
 
 
 # -- docker events ------------------------------------------------------------------------------

@@ -32,8 +32,8 @@ from tests.e2e.conftest import (
     UpCount,
     assert_no_failures,
     docker,
-    last_versions,
     load_during,
+    versions_now,
 )
 
 pytestmark = pytest.mark.docker
@@ -144,7 +144,7 @@ def test_scale_to_six_with_no_file_edited_then_deploy_sh_under_heavy_load(health
     assert "replacing 6 containers (surge)" in deploy.stdout
     assert_no_failures(result, 20_000)
     assert set(result.versions) == {"e2e-v1", "e2e-v2"}, result.versions
-    assert last_versions(result) == {"e2e-v2"}
+    assert versions_now(stack.url) == {"e2e-v2"}
     assert up.low >= 6
     new = assert_replaced(stack, old, "e2e-v2", count=6)
     assert len(stack.rows("app")) == 10 and len(stack.status_by_address()) == 6
@@ -172,7 +172,7 @@ def test_deploy_sh_stop_first_under_load(healthy_stack: ComposeStack) -> None:
     stack.version = "e2e-v3"
     assert "replacing 3 containers (stop-first)" in deploy.stdout
     assert_no_failures(result, 10_000)
-    assert last_versions(result) == {"e2e-v3"}
+    assert versions_now(stack.url) == {"e2e-v3"}
     assert_replaced(stack, old, "e2e-v3")
     events.assert_clean_stops([c.id for c in old])
     # The control for the surge tests' "never below N": here one server is out at a time.
@@ -195,7 +195,7 @@ def test_rollout_restart_to_a_version_under_load(healthy_stack: ComposeStack) ->
     assert "rolling restart done" in restart.stderr
     assert_no_failures(result, 10_000)
     assert set(result.versions) == {"e2e-v3", "e2e-v4"}, result.versions
-    assert last_versions(result) == {"e2e-v4"}
+    assert versions_now(stack.url) == {"e2e-v4"}
     new = assert_replaced(stack, old, "e2e-v4")
     for container in new:  # each replacement named in the progress lines, UP before the next
         assert re.search(rf"\[{re.escape(container.name)}\] ready UP in [0-9.]+s", restart.stderr), container

@@ -40,8 +40,8 @@ from tests.e2e.conftest import (
     REPO,
     assert_no_failures,
     docker,
-    last_versions,
     require_docker,
+    versions_now,
 )
 
 pytestmark = pytest.mark.docker
@@ -318,10 +318,10 @@ def test_release_by_docker_service_update_under_load_on_both_frontends(serving: 
     with UpCount(stack) as up:
         results, seconds = load_both(stack.urls, release)
     print(f"update to {V2}: {seconds:.1f}s; fewest servers UP in a HAProxy: {min(up.counts)}")
-    for result in results:
+    for result, url in zip(results, stack.urls, strict=True):
         assert_no_failures(result, 6_000)
         assert set(result.versions) == {V1, V2}
-        assert last_versions(result) == {V2}
+        assert versions_now(url) == {V2}
     status = stack.engine.update_status()
     assert status is not None and status.state == "completed", status
     new = stack.live()

@@ -254,3 +254,37 @@ def test_surge_deploys_count_for_zero_failures_and_the_report_shows_them() -> No
     text = report.render(found)
     assert "| surge | 1 | 10000 | 0 | 3.00 | 950 | 1000 | 0.95 | 2000 | 2000 | 1.00 | 1/1 runs |" in text
     assert "| surge | 1 | 10000 | 2 | 3.00 | 3000 | 11.50 | 1.00 | 1/1 runs |" in text
+
+
+# -- section 6: long-lived clients ------------------------------------------------------------
+
+
+def streams_run(run: int, seconds: float, *, slow: int = 0, whole: bool = True) -> Record:
+    found = {"ws_messages": 6000, "sse_events": 1500, "ws_exactly_once": whole, "ws_ledger_ok": True,
+             "sse_in_order": True, "reconnects": 150, "slow_reconnects": slow,
+             "reconnect_ms": {"ws": {"p50": 200.0, "max": 1500.0 if slow else 600.0},
+                              "sse": {"p50": 300.0, "max": 700.0}}}
+    return surge_run("streams", "with", seconds=seconds) | {"run": run, "streams": found}
+
+
+def streams_results(*runs: Record) -> dict[str, Any]:
+    return {"sections": {"streams": {"runs": list(runs), "variants": ["without", "with"]}}}
+
+
+@pytest.mark.parametrize(("with_s", "met"), [(7.4, True), (7.6, False)])
+def test_streams_deploy_ratio_is_paired_within_a_run(with_s: float, met: bool) -> None:
+    without = surge_run("streams", "without", seconds=5.0) | {"run": 1}
+    verdict = targets.streams_deploy(streams_results(without, streams_run(1, with_s)))
+    assert verdict is not None and verdict["met"] is met
+    assert str(verdict["measured"]).startswith(f"{with_s / 5:.2f}x")
+
+
+@pytest.mark.parametrize(("slow", "whole", "met"), [(0, True, True), (1, True, False), (0, False, False)])
+def test_streams_whole(slow: int, whole: bool, met: bool) -> None:
+    verdict = targets.streams_whole(streams_results(streams_run(1, 5.0, slow=slow, whole=whole)))
+    assert verdict is not None and verdict["met"] is met
+    found = streams_results(streams_run(1, 5.0, slow=slow, whole=whole))
+    found["targets"] = targets.evaluate(found)
+    good = "1/1" if whole else "0/1"
+    row = f"| with | 1 | 5.00 | 10000 | 0 | 6000 | 1500 | {good} runs | 150 | 200 / {1500 if slow else 600} | 300 / 700 | {slow} |"
+    assert row in report.render(found)
