@@ -352,6 +352,8 @@ SURGE_NOTES = """
   just before on the same stack. 2 s requests from workers that start together come in waves, so only
   the same offsets compare. Each server takes at most 32 requests at once (`maxconn 32`, the rest
   queue in HAProxy): its capacity, not this box's CPU, limits throughput, as on a real fleet.
+  A surge goes above its steady rate while a new instance and the old one both serve (4 x 32 slots);
+  stop-first drops while one of the 3 is away.
 - (b) boot + warm-up: from a step's start (its `restart` event) to its new instance's app answering
   ready (the agent's app.ready), per instance, in the same run; the bound is 3 x its median + 2.5 s.
   A surge step's old instance drains while the next step boots; the deploy ends when the last old
