@@ -142,7 +142,7 @@ def rolling_restart(
     instances = engine.instances() if instances is None else instances
     size = batch_size(max_unavailable, len(instances))
     engine.prepare(version, env)
-    with Retirements(engine, emit) as retiring:
+    with Retirements(engine, emit, result) as retiring:
         for start in range(0, len(instances), size):
             batch, rest = instances[start : start + size], instances[start + size :]
             before = engine.version_of(batch[0])
@@ -181,8 +181,6 @@ def rolling_restart(
                 emit(instance, "ready", f"UP in {result.seconds[instance.name]:.2f}s")
             if surge:
                 retiring.retire(batch)
-    if retiring.error is not None:
-        result.error = retiring.error
     return result
 
 
@@ -193,19 +191,24 @@ class Retirements:
     the next batch's new instances boot: a step then costs the boot and warm-up, not the drain
     as well, and UP capacity stays at N (the draining ones take no new work, their
     replacements do). The local engine has a spare slot per instance, so old and new never
-    need more. Leaving the `with` waits for every drain, whatever happened meanwhile."""
+    need more. Leaving the `with` waits for every drain, whatever happened meanwhile, and adds
+    a drain that failed in the background to the result's error."""
 
-    def __init__(self, engine: Engine, emit: Callable[[Instance, str, str], None]) -> None:
+    def __init__(self, engine: Engine, emit: Callable[[Instance, str, str], None],
+                 result: RestartResult) -> None:
         self.engine = engine
         self.emit = emit
+        self.result = result
         self.threads: list[threading.Thread] = []
-        self.error: str | None = None
+        self.errors: list[str] = []
 
     def __enter__(self) -> Retirements:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.wait()
+        if self.errors:
+            self.result.error = "\n".join(filter(None, [self.result.error, *self.errors]))
 
     def retire(self, batch: list[Instance]) -> None:
         if not self.engine.overlapping_retire:
@@ -224,8 +227,9 @@ class Retirements:
     def _in_background(self, batch: list[Instance]) -> None:
         try:
             self._retire(batch)
-        except RolloutError as exc:
-            self.error = self.error or f"{exc} (their replacements are UP and serve)"
+        except Exception as exc:  # reported with the result, never lost with the thread
+            names = ", ".join(i.name for i in batch)
+            self.errors.append(f"stopping {names} failed ({exc}); their replacements are UP and serve")
 
     def wait(self) -> None:
         for thread in self.threads:
