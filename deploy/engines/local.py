@@ -45,7 +45,10 @@ DRAIN_TIMEOUT_S = 70
 APP_STOP_TIMEOUT_S = 25
 # supervisor's grace period before SIGKILL: the whole drain plus the app's own shutdown.
 STOP_WAIT_S = DRAIN_TIMEOUT_S + APP_STOP_TIMEOUT_S + 5
-LIVE = ("STARTING", "RUNNING", "BACKOFF", "STOPPING")  # supervisor states of a slot in use
+# supervisor states of a slot in use: live, or exited by itself (a crash, an agent that gave
+# up; supervisor may start it again any moment), so a restart replaces it. STOPPED is a free
+# slot: never started, or stopped by us.
+IN_USE = ("STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL")
 
 
 @dataclass
@@ -181,7 +184,7 @@ class LocalEngine:
         """The slots that run an instance now (before `up`: the first N)."""
         slots = self.slots()
         try:
-            running = {p["name"] for p in self.supervisor("getAllProcessInfo") if p["statename"] in LIVE}
+            running = {p["name"] for p in self.supervisor("getAllProcessInfo") if p["statename"] in IN_USE}
         except (OSError, xmlrpc.client.Error):
             return slots[: self.stack.instances] if not self.stack.blue_green else slots
         return [slot for slot in slots if slot.name in running]

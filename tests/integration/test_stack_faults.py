@@ -56,6 +56,22 @@ def test_release_that_never_gets_ready_halts_and_loses_nothing(stack_factory) ->
     assert check_ledgers(result, engine.ledgers()).ok
 
 
+def test_an_instance_that_exited_on_its_own_is_still_replaced_by_a_restart(stack_factory) -> None:  # type: ignore[no-untyped-def]
+    """The app exits 0 by itself (here: SIGTERM sent to the app, not its agent); the agent exits
+    with it and supervisor, seeing an expected exit, leaves the slot EXITED. That slot is still
+    the stack's: the next rolling restart must bring it back on the new version, not skip it."""
+    engine = stack_factory()
+    app1 = engine.instances()[0]
+    pid = int(httpx.get(f"http://127.0.0.1:{engine.app_port(app1)}/version").json()["pid"])
+    os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: any(p["name"] == app1.name and p["statename"] == "EXITED"
+                         for p in engine.supervisor("getAllProcessInfo")), 20, what="app1 EXITED")
+    assert [i.name for i in engine.instances()] == ["app1", "app2", "app3"]
+    result = rolling_restart(engine, "v2", {}, 60, lambda e: None)
+    assert result.error is None
+    assert [engine.version_of(i) for i in engine.instances()] == ["v2", "v2", "v2"]
+
+
 def test_app_crash_is_taken_out_at_once_and_failures_stay_bounded(stack_factory) -> None:  # type: ignore[no-untyped-def]
     engine = stack_factory()
     app1 = engine.instances()[0]
