@@ -41,5 +41,8 @@ if os.environ.get("RECORDER_ORPHANS"):
     subprocess.run(["sh", "-c", "sleep 0.2 & sleep 0.3 &"], check=True)
 server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Ready)
 threading.Thread(target=server.serve_forever, daemon=True).start()
-stop.wait()
+# Wake every 0.1 s: a signal that lands while the main thread is between a handler and its
+# next blocking lock acquire would otherwise wait for the next signal to interrupt it.
+while not stop.wait(0.1):
+    pass
 sys.exit(exit_code)
