@@ -12,6 +12,7 @@ import json
 import time
 from dataclasses import dataclass, field
 
+from deploy.check.loadcheck import percentile
 from deploy.check.strict_http import Response, StrictClient
 
 
@@ -54,11 +55,11 @@ class Trace:
         """Throughput and p99 over time windows ((since, until) in time.time()): the requests
         answered in them, per second of window, and the p99 of their latencies."""
         seconds = sum(max(0.0, until - since) for since, until in spans)
-        latencies = sorted((s.ended - s.began) * 1000 for s in self.spans()
-                           if any(since <= s.ended < until for since, until in spans))
-        p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else None
+        latencies = [(s.ended - s.began) * 1000 for s in self.spans()
+                     if any(since <= s.ended < until for since, until in spans)]
         return {"seconds": round(seconds, 3), "requests": len(latencies),
-                "rps": len(latencies) / seconds if seconds else None, "p99_ms": p99}
+                "rps": len(latencies) / seconds if seconds else None,
+                "p99_ms": percentile(latencies, 99) if latencies else None}
 
     def client(self, url: str, timeout_s: float) -> StrictClient:
         """`run_load`'s client_factory."""

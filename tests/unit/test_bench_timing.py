@@ -51,3 +51,13 @@ def test_loads_whose_client_is_missing_are_left_out_with_a_note(monkeypatch: pyt
     kept, notes = installed(plan)
     assert [load.client for load in kept] == ["wrk", "strict"]
     assert notes == ["hey is not installed: its rows are skipped"]
+
+
+def test_a_trace_window_counts_what_ended_in_it() -> None:
+    from bench.tracing import Trace
+
+    trace = Trace(raw=[(10.0, 10.1, b"{}"), (10.5, 11.5, b"{}"), (11.9, 12.2, b"{}")])
+    found = trace.window([(10.0, 12.0)])
+    assert found["requests"] == 2 and found["rps"] == 1.0
+    assert found["p99_ms"] is not None and round(found["p99_ms"]) == 1000
+    assert trace.window([(20.0, 21.0)]) == {"seconds": 1.0, "requests": 0, "rps": 0.0, "p99_ms": None}
