@@ -12,9 +12,8 @@ import threading
 import time
 
 port = int(os.environ["RECORDER_PORT"])
-record = open(os.environ["RECORDER_FILE"], "a", buffering=1)  # noqa: SIM115
 exit_code = int(os.environ.get("RECORDER_EXIT_CODE", "0"))
-stop = threading.Event()
+RECORDED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1}
 
 
 class Ready(http.server.BaseHTTPRequestHandler):
@@ -28,21 +27,18 @@ class Ready(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def on_signal(sig: int, frame: object) -> None:
-    record.write(f"{time.time():.6f} {signal.Signals(sig).name}\n")
-    if sig in (signal.SIGTERM, signal.SIGINT):
-        stop.set()
-
-
-for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1):
-    signal.signal(sig, on_signal)
+# Blocked before any thread starts (threads inherit the mask) and taken one by one with
+# sigwaitinfo: no Python signal handler, so no signal can wait in a thread that cannot run it.
+signal.pthread_sigmask(signal.SIG_BLOCK, RECORDED)
 if os.environ.get("RECORDER_ORPHANS"):
     # The shell exits at once; its background sleeps become orphans of the subreaper.
     subprocess.run(["sh", "-c", "sleep 0.2 & sleep 0.3 &"], check=True)
 server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Ready)
 threading.Thread(target=server.serve_forever, daemon=True).start()
-# Wake every 0.1 s: a signal that lands while the main thread is between a handler and its
-# next blocking lock acquire would otherwise wait for the next signal to interrupt it.
-while not stop.wait(0.1):
-    pass
+with open(os.environ["RECORDER_FILE"], "a", buffering=1) as record:
+    while True:
+        sig = signal.sigwaitinfo(RECORDED).si_signo
+        record.write(f"{time.time():.6f} {signal.Signals(sig).name}\n")
+        if sig in (signal.SIGTERM, signal.SIGINT):
+            break
 sys.exit(exit_code)
