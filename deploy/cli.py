@@ -302,12 +302,15 @@ def cmd_up(engine: Engine, args: argparse.Namespace) -> int:
     if args.detach:
         return 0
     say("running in the foreground; Ctrl-C stops the stack")
-    stop = threading.Event()
+    # A plain list, not an Event: a handler that ran while Event.wait held its own lock would
+    # deadlock on set().
+    stopping: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    while not stop.wait(1.0):
+        signal.signal(sig, lambda sig, _frame: stopping.append(sig))
+    while not stopping:
         if not engine.is_up():
             raise RolloutError(f"the {engine.name} stack went away")
+        time.sleep(1.0)
     say("stopping ...")
     engine.down()
     return 0

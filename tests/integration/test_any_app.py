@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ import pytest
 
 from deploy.engines.local import LocalEngine, pid_alive, port_in_use
 from deploy.strategies.rolling import rolling_restart
-from tests.conftest import REPO, free_port, free_port_run, load_during
+from tests.conftest import REPO, free_port, free_port_run, load_during, wait_for
 
 NODE_EXAMPLE = REPO / "examples" / "node"
 needs_node = pytest.mark.skipif(shutil.which("node") is None and not os.environ.get("CI"),
@@ -74,6 +75,29 @@ def test_a_bad_app_command_is_one_line_and_leaves_nothing_running(tmp_path: Path
     assert not processes_mentioning(str(state))
     used = [int(flags[i + 1]) for i in range(0, len(flags), 2)]
     assert not [port for port in [*used, used[2] + 1, used[2] + 2] if port_in_use(port)]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_rollout_up_in_the_foreground_stops_the_stack_on_a_signal(tmp_path: Path, sig: signal.Signals) -> None:
+    state = tmp_path / "state"
+    log = tmp_path / "up.log"
+    with log.open("w") as out:
+        up = subprocess.Popen([str(Path(sys.executable).with_name("rollout")), "--state-dir", str(state), "up",
+                               *ports()], stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        wait_for(lambda: "running in the foreground" in log.read_text() or up.poll() is not None,
+                 timeout=60, what="the stack up")
+        assert up.poll() is None, log.read_text()
+        assert processes_mentioning(str(state))  # control: the stack runs
+        up.send_signal(sig)
+        assert up.wait(timeout=60) == 0, log.read_text()
+    finally:
+        if up.poll() is None:
+            up.kill()
+            subprocess.run([str(Path(sys.executable).with_name("rollout")), "--state-dir", str(state), "down"],
+                           capture_output=True, timeout=60)
+    assert "stopping ..." in log.read_text()
+    assert not processes_mentioning(str(state))
 
 
 @pytest.fixture(scope="module")
