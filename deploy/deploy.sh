@@ -13,8 +13,11 @@
 # app and exits. Capacity never drops below N. Stop-first does the same in the other order (and
 # is what a surge falls back to when every server slot in HAProxy already holds a container).
 # Rules: an old container is stopped only while another server is exactly UP; a new one that is
-# not UP on the new version in time halts the deploy (exit 1), is removed, and the containers not
-# yet replaced are listed; they keep running the old version. A stopped or paused container of
+# not UP on the new version in time halts the deploy (exit 1) and the containers not yet replaced
+# are listed; they keep running the old version. After any halt the service still has N
+# containers: a broken surge container is removed (its old one still serves), a broken
+# stop-first replacement stays (DOWN in HAProxy, sent nothing) for the next deploy, the fix
+# forward, to replace, as `rollout restart` does. A stopped or paused container of
 # the service is refused up front (compose would start the stopped one instead of a new one,
 # and cannot scale around a paused one).
 #
@@ -187,8 +190,7 @@ for index in "${!old_ids[@]}"; do
     log "[$(short "$old")] old container drained and stopped in $(since "$t0")s; starting its replacement"
     new=$(start_one) || fail "[$(short "$old")] could not start a replacement; untouched: $(ids "${rest[@]}")"
     if ! why=$(wait_up "$new"); then
-      retire "$new" || true
-      fail "[$(short "$new")] $why; it was removed; deploy halted, still on the old version: $(ids "${rest[@]}")"
+      fail "[$(short "$new")] $why; it stays (DOWN in HAProxy, sent nothing) for the next deploy to replace; deploy halted, still on the old version: $(ids "${rest[@]}")"
     fi
     log "[$(short "$new")] UP on $version, $(since "$t0")s after the stop began"
   fi

@@ -337,8 +337,9 @@ def test_a_release_haproxy_cannot_reach_halts_the_deploy(healthy_stack: ComposeS
         broken = re.findall(r"--- last log lines of (\w{12}):", bad.stderr)
         assert len(broken) == 1 and broken[0] not in {c.short for c in before}, broken
         assert "event=" in bad.stderr.split("--- last log lines of", 1)[1]  # the agent's own lines
+        fate = "it was removed" if surge else "it stays (DOWN in HAProxy, sent nothing) for the next deploy to replace"
         assert (f"[{broken[0]}] not UP on e2e-bad" in bad.stderr
-                and "it was removed; deploy halted, still on the old version: "
+                and f"{fate}; deploy halted, still on the old version: "
                 + " ".join(c.short for c in untouched) + "\n" in bad.stderr), bad.stderr
     else:
         assert re.search(r"not ready and UP within [0-9.]+s \(HAProxy status: (DOWN|MAINT)", bad.stderr), bad.stderr
@@ -350,18 +351,21 @@ def test_a_release_haproxy_cannot_reach_halts_the_deploy(healthy_stack: ComposeS
         assert after[container.id].state == "running", container
         assert statuses[container.address] == "UP", (container, statuses)
         assert versions[container.name] == versions_before[container.name], versions
+    # After the halt the service still has N containers: a broken surge container was removed
+    # (its old one still serves); a broken stop-first replacement stays, sent nothing, for the
+    # fix forward to replace.
     leftover = [c for c in containers_after if c.id not in {b.id for b in before}]
-    assert not any(statuses.get(c.address) == "UP" for c in leftover), (leftover, statuses)
+    assert len(containers_after) == len(before), containers_after
+    assert len(leftover) == (0 if surge else 1), leftover
+    assert all(c.state == "running" and versions[c.name] == "e2e-bad" for c in leftover), (leftover, versions)
+    assert not any(statuses.get(c.address, "").startswith("UP") for c in leftover), (leftover, statuses)
 
     fixed_run = runs["fixed"]
     assert fixed_run.returncode == 0, f"{fixed_run.stdout}\n{fixed_run.stderr}"
     stack.version = fixed
     assert set(stack.versions().values()) == {fixed}
-    stack.wait_up(len(stack.containers()))  # every container UP, the old ones' rows gone
-    if leftover:
-        names = ", ".join(f"{c.name} ({c.state}, {statuses.get(c.address, 'no row')})" for c in leftover)
-        pytest.xfail(f"{tool} left the broken replacement running after halting: {names} (deploy.sh "
-                     "--stop-first removes it; deploy/strategies/rolling.py's stop-first path does not)")
+    assert {c.id for c in stack.containers(all=True)}.isdisjoint(c.id for c in containers_after)  # all replaced
+    stack.wait_up(len(before))  # every container UP, the old ones' rows gone: N again
 
 
 def test_no_free_slot_deploy_sh_replaces_stop_first_and_rollout_surge_refuses(healthy_stack: ComposeStack) -> None:
