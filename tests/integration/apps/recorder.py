@@ -28,7 +28,8 @@ class Ready(http.server.BaseHTTPRequestHandler):
 
 
 # Blocked before any thread starts (threads inherit the mask) and taken one by one with
-# sigwaitinfo: no Python signal handler, so no signal can wait in a thread that cannot run it.
+# sigwaitinfo: no Python signal handler, which a second signal could run nested inside the
+# first one's write (the file then raises "reentrant call" and the app dies).
 signal.pthread_sigmask(signal.SIG_BLOCK, RECORDED)
 if os.environ.get("RECORDER_ORPHANS"):
     # The shell exits at once; its background sleeps become orphans of the subreaper.
