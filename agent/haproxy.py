@@ -22,6 +22,7 @@ from agent.errors import ConfigError, HAProxyCommandError, HAProxyConnectError, 
 API_TIMEOUT_S = 1.0
 MAX_REPLY_BYTES = 4 * 1024 * 1024
 NAME = re.compile(r"[A-Za-z0-9._:-]+")
+COUNTERS = ("req_tot", "hrsp_5xx", "econ", "eresp", "rtime", "chkdown", "weight")
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,14 @@ class ServerStat:
     qcur: int  # requests queued for this server
     addr: str = ""  # ip:port as HAProxy sees it ('' while a DNS slot is empty)
     check: str = ""  # the last health check's description, e.g. 'Layer4 connection problem'
+    # Counters since HAProxy started (a deploy's watch compares their growth, new against old):
+    req_tot: int = 0  # HTTP requests sent to this server
+    hrsp_5xx: int = 0  # its 5xx responses
+    econ: int = 0  # failed connections to it
+    eresp: int = 0  # responses it cut or never sent
+    rtime: int = 0  # average response time (ms) over its last 1024 requests
+    chkdown: int = 0  # UP -> DOWN transitions
+    weight: int = 0
 
     @property
     def busy(self) -> int:
@@ -132,6 +141,7 @@ def stat_from_row(row: dict[str, str]) -> ServerStat:
             qcur=int(row["qcur"] or 0),
             addr=row.get("addr", ""),
             check=row.get("check_desc", ""),
+            **{name: int(row.get(name) or 0) for name in COUNTERS},
         )
     except (KeyError, ValueError) as exc:
         raise HAProxyParseError(f"stats: bad row for {row.get('svname')!r}: {exc}") from exc

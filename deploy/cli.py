@@ -1,4 +1,5 @@
-"""`rollout`: bring the stack up and down, show it, restart it one instance at a time, check it under load."""
+"""`rollout`: bring the stack up and down, show it, deploy and restart it one batch at a time
+(watched, rolled back on failure), keep its history, check it under load."""
 
 from __future__ import annotations
 
@@ -20,24 +21,21 @@ from deploy.check.loadcheck import LoadPlan, LoadResult, check_ledgers, run_load
 from deploy.check.report import summary, write_report
 from deploy.check.streams import StreamsResult
 from deploy.check.timeline import instance_timeline
-from deploy.engines.base import Engine, check_env, check_version
+from deploy.core.analysis import Thresholds
+from deploy.core.deploy import Plan
+from deploy.engines.base import Engine, Release, check_env, check_version
 from deploy.engines.compose import DockerEngine, find_stack
 from deploy.engines.local import REFERENCE_SERVICE, LocalEngine, LocalStack, app_argv
 from deploy.engines.swarm import SwarmEngine
 from deploy.errors import RolloutError
+from deploy.history import History, table
+from deploy.model import Event, RestartResult
 from deploy.strategies import bluegreen
-from deploy.strategies.rolling import (
-    Event,
-    RestartResult,
-    batch_size,
-    read_servers,
-    rolling_restart,
-    row_of,
-    wait_ready,
-)
+from deploy.strategies.rolling import batch_size, read_servers, row_of, run_plan, wait_ready
 from deploy.strategies.service_update import service_update
 
 RESTART_TIMEOUT_S = 90.0
+WATCH_FOR_S = 10.0
 T = TypeVar("T")
 READY_PATH = re.compile(r"/[A-Za-z0-9/._~-]*")
 
@@ -103,8 +101,35 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("reload", help="reload HAProxy's configuration without a restart (master-worker, "
                                   "SIGUSR2; every HAProxy of the stack, one after the other)")
 
-    restart = sub.add_parser("restart", help="rolling restart, one instance at a time")
+    deploy = sub.add_parser(
+        "deploy", help="deploy a new version: rolling (or surge, K at a time, canary), watched, "
+                       "rolled back by itself if the new version fails",
+        description="Deploy VERSION one batch at a time. Each new instance is watched from the "
+                    "moment HAProxy has it UP until the deploy ends and for --watch-for after it: "
+                    "if one leaves UP, restarts, or answers worse than the old version in the same "
+                    "seconds (HAProxy's own per-server counters), every instance already changed "
+                    "goes back to its previous release and the command exits 1.",
+        epilog="examples:\n  rollout deploy v2\n  rollout deploy v2 --surge --canary 5,25,100\n"
+               "  rollout deploy v2 --env FEATURE_X=on --min-ready 5\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    deploy.add_argument("version", type=version_arg, help="the version to deploy")
+    add_restart_options(deploy, version=False)
+    add_watch_options(deploy)
+
+    restart = sub.add_parser(
+        "restart", help="rolling restart without a change (with --version: the same as `deploy`)",
+        description="Restart every instance one batch at a time, on the release it runs. With "
+                    "--version (or --env) it is a deploy: watched and rolled back as `rollout deploy`.")
     add_restart_options(restart)
+    add_watch_options(restart)
+
+    undo = sub.add_parser(
+        "undo", help="deploy the release that ran before the last successful deploy",
+        description="As `kubectl rollout undo`: the previous release from `rollout history`, "
+                    "deployed with the same rules (watched, rolled back on failure).")
+    add_restart_options(undo, version=False, env=False)
+    add_watch_options(undo)
+    sub.add_parser("history", help="the deploys of this stack: release, previous release, result")
 
     switch = sub.add_parser("switch", help="blue/green: move all traffic to the other pool")
     switch.add_argument("color", help="blue or green")
@@ -141,14 +166,18 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--restart-after", type=float, default=2.0,
                        help="seconds of load before the restart begins (default 2)")
     add_restart_options(check)
+    add_watch_options(check)
     return parser
 
 
-def add_restart_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--version", type=version_arg,
-                        help="new version (default: keep each instance's version)")
-    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra environment for the new instances (repeatable)")
+def add_restart_options(parser: argparse.ArgumentParser, version: bool = True, env: bool = True) -> None:
+    if version:
+        parser.add_argument("--version", type=version_arg,
+                            help="new version: a deploy, watched and rolled back as `rollout deploy` "
+                                 "(default: keep each instance's version)")
+    if env:
+        parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                            help="extra environment for the new instances (repeatable)")
     parser.add_argument("--restart-timeout", type=float, default=RESTART_TIMEOUT_S,
                         help=f"per instance: max wait for ready + UP (default {RESTART_TIMEOUT_S:g} s)")
     parser.add_argument("--surge", action="store_true",
@@ -157,6 +186,56 @@ def add_restart_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-unavailable", default="1", metavar="K",
                         help="replace K instances at a time, a count or a share such as 25%% "
                              "(default 1); with --surge, K new ones start before K old ones drain")
+
+
+def add_watch_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("watch and rollback (deploys)")
+    group.add_argument("--watch-for", type=duration, metavar="DURATION",
+                       help=f"watch each new instance from UP until the deploy ends and this long "
+                            f"after it, e.g. 10s or 1m; 0 turns the watch off (default "
+                            f"{WATCH_FOR_S:g}s; env ROLLOUT_WATCH_FOR)")
+    group.add_argument("--min-ready", type=duration, metavar="DURATION",
+                       help="each batch stays UP, watched, this long before the next one starts "
+                            "(as Kubernetes' minReadySeconds; default 0)")
+    group.add_argument("--canary", type=percents, metavar="PERCENT[,PERCENT...]",
+                       help="send that share of the traffic to the first new instance(s) by HAProxy "
+                            "weights, one watch window per step, e.g. 5,25,100 (implies --surge)")
+    group.add_argument("--max-error-rate", type=float, metavar="SHARE",
+                       help="the new version's share of errors (5xx, failed connections, cut "
+                            "responses) may exceed the old one's by this much (default 0.01: 1%%)")
+    group.add_argument("--max-latency-ratio", type=float, metavar="RATIO",
+                       help="its average response time may be this many times the old one's "
+                            "(default 3, and at least 50 ms more)")
+    group.add_argument("--no-rollback", action="store_true",
+                       help="on a failure, stop where the deploy is (the changed instances stay) "
+                            "instead of putting them back")
+
+
+WATCH_FLAGS = ("watch_for", "min_ready", "canary", "max_error_rate", "max_latency_ratio")
+
+
+def duration(text: str) -> float:
+    """'10', '10s', '500ms', '2m' -> seconds."""
+    match = re.fullmatch(r"(\d{1,6}(?:\.\d{1,3})?)(ms|s|m)?", text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r}: expected a duration such as 10s, 500ms or 2m")
+    value = float(match[1]) * {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}[match[2]]
+    if value > 3600:
+        raise argparse.ArgumentTypeError(f"{text!r}: at most 1 hour")
+    return value
+
+
+def percents(text: str) -> tuple[float, ...]:
+    """'5,25,100' -> (5, 25, 100): rising shares in (0, 100]."""
+    try:
+        steps = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        steps = ()
+    if (not steps or len(steps) > 10 or any(not 0 < p <= 100 for p in steps)
+            or list(steps) != sorted(set(steps))):
+        raise argparse.ArgumentTypeError(f"{text[:60]!r}: expected rising percentages in 0..100 "
+                                         "such as 5,25,100 (at most 10 steps)")
+    return steps
 
 
 def parse_env(pairs: Sequence[str]) -> dict[str, str]:
@@ -269,16 +348,89 @@ def make_swarm_engine(args: argparse.Namespace) -> SwarmEngine:
     return SwarmEngine(env=env)
 
 
-def run_restart(engine: Engine, args: argparse.Namespace, env: dict[str, str]) -> RestartResult:
-    """Every instance restarted, the engine's way: on Swarm, Swarm's own rolling update
-    (--surge: start-first; --max-unavailable: its parallelism); elsewhere our rolling restart."""
+def is_deploy(args: argparse.Namespace) -> bool:
+    """A deploy changes the release (a version or extra environment); a restart does not."""
+    changes = getattr(args, "version", None) or getattr(args, "env", None)
+    return args.command in ("deploy", "undo") or bool(changes)
+
+
+def watch_flags_given(args: argparse.Namespace) -> list[str]:
+    return [f"--{flag.replace('_', '-')}" for flag in WATCH_FLAGS if getattr(args, flag, None) is not None]
+
+
+def make_plan(args: argparse.Namespace, version: str | None, env: dict[str, str]) -> Plan:
+    """The deploy's rules from the flags, checked here; a restart without a change is not watched."""
+    given = watch_flags_given(args)
+    if not is_deploy(args):
+        if given or args.no_rollback:
+            raise RolloutError(f"{', '.join(given) or '--no-rollback'}: for deploys (a new --version or "
+                               "--env, or `rollout deploy VERSION`); a plain restart changes nothing "
+                               "to roll back", exit_code=2)
+        return Plan(version, env, args.restart_timeout, surge=args.surge,
+                    max_unavailable=args.max_unavailable)
+    watch_s = args.watch_for if args.watch_for is not None else float(
+        duration(env_default("WATCH_FOR", str(WATCH_FOR_S))))
+    if args.canary and watch_s <= 0:
+        raise RolloutError("--canary needs a watch window: each step is held and judged for "
+                           "--watch-for (not 0)", exit_code=2)
+    try:
+        thresholds = Thresholds(
+            max_error_rate=Thresholds.max_error_rate if args.max_error_rate is None else args.max_error_rate,
+            max_latency_ratio=(Thresholds.max_latency_ratio if args.max_latency_ratio is None
+                               else args.max_latency_ratio))
+    except ValueError as exc:
+        raise RolloutError(str(exc), exit_code=2) from None
+    return Plan(version, env, args.restart_timeout, surge=args.surge or bool(args.canary),
+                max_unavailable=args.max_unavailable, watch_s=watch_s,
+                min_ready_s=args.min_ready or 0.0, canary=args.canary or (), thresholds=thresholds,
+                rollback=not args.no_rollback)
+
+
+def run_restart(engine: Engine, args: argparse.Namespace, env: dict[str, str],
+                version: str | None = None) -> RestartResult:
+    """Every instance restarted or deployed, the engine's way: on Swarm, Swarm's own rolling
+    update (--surge: start-first; --max-unavailable: its parallelism; its monitor and rollback
+    are the stack file's); elsewhere our rules (deploy.core.deploy). A deploy is recorded in
+    the stack's history."""
+    version = version or getattr(args, "version", None)
     if isinstance(engine, SwarmEngine):
+        given = watch_flags_given(args)
+        if given or args.no_rollback:
+            raise RolloutError(f"{', '.join(given) or '--no-rollback'}: not on Swarm, whose own update "
+                               "monitor and failure_action (deploy/stack.yml) watch and roll back",
+                               exit_code=2)
         parallelism = (batch_size(args.max_unavailable, engine.replicas())
                        if args.max_unavailable != "1" else None)
-        return service_update(engine, args.version, env, args.restart_timeout, print_event,
+        return service_update(engine, version, env, args.restart_timeout, print_event,
                               order="start-first" if args.surge else None, parallelism=parallelism)
-    return rolling_restart(engine, args.version, env, args.restart_timeout, print_event,
-                           surge=args.surge, max_unavailable=args.max_unavailable)
+    plan = make_plan(args, version, env)
+    if not is_deploy(args):
+        return run_plan(engine, plan, print_event)
+    history = history_of(engine, args)
+    instances = engine.instances()
+    previous = engine.release_of(instances[0]) if instances else None
+    release = Release(version or (previous.version if previous else "?"), env)
+    entry = history.begin(args.command if args.command == "undo" else "deploy", release, previous)
+    say(f"deploying {release} (was {previous or 'unknown'}): "
+        + (f"watch {plan.watch_s:g}s" if plan.watch_s else "no watch")
+        + (f", canary {','.join(f'{p:g}%' for p in plan.canary)}" if plan.canary else "")
+        + ("" if plan.rollback else ", no rollback"))
+    try:
+        result = run_plan(engine, plan, print_event)
+    except BaseException as exc:
+        history.end(entry, "halted", f"{type(exc).__name__}: {exc}")
+        raise
+    outcome = "ok" if result.error is None else "rolled-back" if result.rolled_back else "halted"
+    history.end(entry, outcome, result.error or "")
+    return result
+
+
+def history_of(engine: Engine, args: argparse.Namespace) -> History:
+    """Where the stack's history lives: the local stack's state directory; for the other
+    engines a file named after the engine in --state-dir."""
+    if engine.name == "local":
+        return History(engine.root / "history.json")
+    return History(Path(args.state_dir) / f"{engine.name}-history.json")
 
 
 def print_event(event: Event) -> None:
@@ -298,6 +450,9 @@ def cmd_up(engine: Engine, args: argparse.Namespace) -> int:
     except (RolloutError, KeyboardInterrupt):
         engine.down()  # nothing half-started is left behind
         raise
+    release = Release(args.version)
+    history = history_of(engine, args)
+    history.end(history.begin("up", release, None), "ok")
     say(f"up: {engine.frontend_url()}/cms  (stats {engine.stats_url().split(';')[0]})")
     if args.detach:
         return 0
@@ -343,13 +498,32 @@ def cmd_status(engine: Engine) -> int:
     return 0
 
 
-def cmd_restart(engine: Engine, args: argparse.Namespace) -> int:
-    env = parse_env(args.env)
+def cmd_restart(engine: Engine, args: argparse.Namespace, version: str | None = None,
+                env: dict[str, str] | None = None) -> int:
+    env = parse_env(args.env) if env is None else env
     began = time.monotonic()
-    result = run_restart(engine, args, env)
+    result = run_restart(engine, args, env, version)
+    what = "deploy" if is_deploy(args) else "rolling restart"
     if result.error:
+        if result.rolled_back:
+            raise RolloutError(f"{what} failed and was rolled back:\n{result.error}")
         raise RolloutError(result.error)
-    say(f"rolling restart done in {time.monotonic() - began:.1f}s")
+    say(f"{what} done in {time.monotonic() - began:.1f}s")
+    return 0
+
+
+def cmd_undo(engine: Engine, args: argparse.Namespace) -> int:
+    entry, release = history_of(engine, args).undo_target()
+    say(f"undo #{entry.number} ({entry.release}): back to {release}")
+    return cmd_restart(engine, args, release.version, dict(release.env))
+
+
+def cmd_history(engine: Engine, args: argparse.Namespace) -> int:
+    entries = history_of(engine, args).entries()
+    if not entries:
+        say("no deploys recorded yet")
+        return 0
+    print(table(entries))
     return 0
 
 
@@ -471,6 +645,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "restart":
             return cmd_restart(engine, args)
+        if args.command == "deploy":
+            return cmd_restart(engine, args, args.version)
+        if args.command == "undo":
+            return cmd_undo(engine, args)
+        if args.command == "history":
+            return cmd_history(engine, args)
         if args.command in ("switch", "release"):
             return cmd_switch(engine, args) if args.command == "switch" else cmd_release(engine, args)
         return cmd_check(engine, args)

@@ -8,7 +8,9 @@ import contextlib
 import hashlib
 import json
 import os
+import random
 import re
+import sys
 import uuid
 from collections.abc import AsyncIterator
 
@@ -86,6 +88,8 @@ def create_app(config: ServiceConfig, state: DrainState | None = None, *, drain:
         )
 
     async def cms(request: Request) -> Response:
+        if config.fault_error_share and random.random() < config.fault_error_share:
+            return error(500, "injected fault (SERVICE_FAULT_ERROR_SHARE)")  # before any work
         return await (cms_post if request.method == "POST" else cms_get)(request)
 
     async def healthz(request: Request) -> Response:
@@ -109,6 +113,11 @@ def create_app(config: ServiceConfig, state: DrainState | None = None, *, drain:
         async def warm_up() -> None:
             await asyncio.sleep(config.warmup_s)
             state.ready = True
+            if config.fault_crash_after_s is not None:
+                await asyncio.sleep(config.fault_crash_after_s)
+                print(f"service: crashing on purpose {config.fault_crash_after_s:g}s after ready "
+                      "(SERVICE_FAULT_CRASH_AFTER_S)", file=sys.stderr, flush=True)
+                os._exit(1)
 
         warmup = asyncio.create_task(warm_up())
         try:

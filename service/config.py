@@ -28,6 +28,10 @@ class ServiceConfig:
     # (tests: exactly once, proven from the instances' ledgers)
     post_ledger: str | None = None
     access_log: bool = False
+    # A bad release on purpose, to try the deploy's watch and rollback: the process exits (1)
+    # this long after it is ready, every time it starts; /cms answers 500 to this share.
+    fault_crash_after_s: float | None = None
+    fault_error_share: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.version or not self.instance:
@@ -42,6 +46,11 @@ class ServiceConfig:
         ):
             if not math.isfinite(value) or value < 0:
                 raise ConfigError(f"{name}={value} must be a finite number of seconds >= 0")
+        if self.fault_crash_after_s is not None and (
+                not math.isfinite(self.fault_crash_after_s) or self.fault_crash_after_s < 0):
+            raise ConfigError(f"SERVICE_FAULT_CRASH_AFTER_S={self.fault_crash_after_s} must be >= 0 seconds")
+        if not 0 <= self.fault_error_share <= 1:
+            raise ConfigError(f"SERVICE_FAULT_ERROR_SHARE={self.fault_error_share} must be 0..1")
         if self.max_body_bytes < 1:
             raise ConfigError(f"SERVICE_MAX_BODY_BYTES={self.max_body_bytes} must be >= 1")
 
@@ -79,4 +88,7 @@ class ServiceConfig:
             max_body_bytes=integer("SERVICE_MAX_BODY_BYTES", 1_048_576),
             post_ledger=env.get("SERVICE_POST_LEDGER") or None,
             access_log=env.get("SERVICE_ACCESS_LOG", "0").lower() in ("1", "true", "yes"),
+            fault_crash_after_s=(number("SERVICE_FAULT_CRASH_AFTER_S", 0.0)
+                                 if env.get("SERVICE_FAULT_CRASH_AFTER_S") else None),
+            fault_error_share=number("SERVICE_FAULT_ERROR_SHARE", 0.0),
         )

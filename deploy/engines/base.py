@@ -1,17 +1,22 @@
-"""What `rollout` needs from a way of running the stack: local processes or docker compose."""
+"""What `rollout` needs from a way of running the stack: local processes, docker compose or Swarm."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from agent.errors import HAProxyError
+from agent.haproxy import ServerStat, StatsPage
 from deploy.errors import RolloutError
+from deploy.model import BACKEND, Instance, Release
 
-BACKEND = "app"
+__all__ = ["BACKEND", "Engine", "Finished", "InThread", "Instance", "Release", "check_env", "check_version",
+           "read_stats"]
 # A version is an image tag in compose: the same rule as Docker's (and deploy.sh's).
 VERSION = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -37,6 +42,14 @@ def check_env(env: Mapping[str, str]) -> Mapping[str, str]:
     return env
 
 
+def read_stats(url: str, timeout_s: float = 2.0) -> list[ServerStat]:
+    """Every server row of HAProxy's read-only stats CSV at `url`."""
+    try:
+        return asyncio.run(StatsPage(url, timeout_s=timeout_s).servers())
+    except HAProxyError as exc:
+        raise RolloutError(str(exc)) from None
+
+
 def worker_pid(show_info: str) -> str:
     """The worker's pid in HAProxy's `show info` (a reload makes a new worker: a new pid)."""
     for line in show_info.splitlines():
@@ -60,23 +73,38 @@ def wait_new_worker(show_info: Callable[[], str], old: str, timeout_s: float = R
                        "answers): see HAProxy's log; the old configuration still serves")
 
 
-@dataclass(frozen=True)
-class Instance:
-    """One running instance, found in HAProxy's stats by its address, as its agent finds itself."""
+class Finished:
+    """A retire that ran to its end before `start_retire` returned (compose: one step at a time)."""
 
-    name: str  # supervisor program (app1) or container name (zero-downtime-haproxy-app-2)
-    address: str  # ip:port as HAProxy sees it
-    backend: str = BACKEND
+    def __init__(self, error: str | None = None) -> None:
+        self.error = error
+
+    def done(self) -> bool:
+        return True
+
+
+class InThread:
+    """A retire running in a thread: the deploy watches and starts the next batch meanwhile."""
+
+    def __init__(self, work: Callable[[], None]) -> None:
+        self.error: str | None = None
+        self.thread = threading.Thread(target=self._run, args=(work,), daemon=True)
+        self.thread.start()
+
+    def _run(self, work: Callable[[], None]) -> None:
+        try:
+            work()
+        except Exception as exc:  # reported through `error`, never lost with the thread
+            self.error = str(exc) or type(exc).__name__
+
+    def done(self) -> bool:
+        return not self.thread.is_alive()
 
 
 class Engine(Protocol):
     """A stack that `rollout` can start, inspect and restart; every command takes one of these."""
 
-    name: str  # the --engine value: local or docker
-    # A surge may start the next batch while the last one drains: `retire` can run in another
-    # thread while `add` starts other instances (the local engine; compose counts containers
-    # to scale, so there one step ends before the next begins).
-    overlapping_retire: bool
+    name: str  # the --engine value: local, docker or swarm
 
     @property
     def root(self) -> Path:
@@ -134,6 +162,19 @@ class Engine(Protocol):
 
     def retire(self, instances: list[Instance]) -> None:
         """Stop the instances together, each draining first, and wait until all are gone."""
+
+    def start_retire(self, instances: list[Instance]) -> InThread | Finished:
+        """retire(), in the background where the engine allows it (the local engine: a surge's
+        next batch boots while the last one drains; compose counts containers to scale, so
+        there it finishes before returning)."""
+
+    def release_of(self, instance: Instance) -> Release | None:
+        """The version and extra environment this engine started the instance with (None: not
+        known), so that a rollback puts back exactly that."""
+
+    def incarnations(self, instances: list[Instance]) -> Mapping[str, str]:
+        """An id per process or container life (a restart changes it); instances the engine
+        cannot tell about are left out."""
 
     def prepare(self, version: str | None, env: Mapping[str, str]) -> None:
         """Before any restart: whatever a new version needs (the docker engine builds its image),

@@ -29,10 +29,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from deploy.engines.base import BACKEND, Instance, wait_new_worker, worker_pid
+from deploy.engines.base import (
+    BACKEND,
+    Finished,
+    Instance,
+    Release,
+    read_stats,
+    wait_new_worker,
+    worker_pid,
+)
 from deploy.errors import RolloutError
 from deploy.strategies import bluegreen
-from deploy.strategies.rolling import read_servers
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
@@ -62,7 +69,6 @@ STATE_DUMP_SCRIPT = ('exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1; printf "show se
 
 class DockerEngine:
     name = "docker"
-    overlapping_retire = False
 
     def __init__(self, env: Mapping[str, str] | None = None, blue_green: bool = False) -> None:
         """`blue_green`: the two-pool stack; its compose file is then docker-compose.bluegreen.yml.
@@ -264,7 +270,7 @@ class DockerEngine:
         return self.scale_up(instances, [version or self.configured_version(i) for i in instances], env)
 
     def check_free_slots(self, instances: list[Instance]) -> None:
-        stats = read_servers(self)
+        stats = read_stats(self.stats_url())
         for backend in sorted({i.backend for i in instances}):
             slots = [s for s in stats if s.backend == backend]
             needed = sum(1 for i in instances if i.backend == backend)
@@ -284,6 +290,44 @@ class DockerEngine:
         for name in names:
             self._removed_logs[name] = self.log_tail(Instance(name, ""), LOG_LINES_KEPT)
         docker("rm", *names)
+
+    def start_retire(self, instances: list[Instance]) -> Finished:
+        """Compose counts containers to scale: a retire ends before the next step begins."""
+        try:
+            self.retire(instances)
+        except RolloutError as exc:
+            return Finished(str(exc))
+        return Finished()
+
+    def container_env(self, name: str) -> dict[str, str] | None:
+        try:
+            raw = docker("inspect", "--format", "{{json .Config.Env}}", name)
+        except RolloutError:
+            return None
+        return dict(str(item).partition("=")[::2] for item in json.loads(raw or "[]"))
+
+    def release_of(self, instance: Instance) -> Release | None:
+        """The container's version, and the values it got for the variables the compose file
+        passes through (`${VAR...}` in its environment): what a rollback passes again."""
+        env = self.container_env(instance.name)
+        if not env or not env.get("SERVICE_VERSION"):
+            return None
+        versions = {self.version_variable(s) for s in self.services()}
+        passed = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", self.compose_file.read_text()))
+        extra = {k: env[k] for k in sorted(passed - versions) if k in env and not k.startswith("ZDH_")}
+        return Release(env["SERVICE_VERSION"], extra)
+
+    def incarnations(self, instances: list[Instance]) -> dict[str, str]:
+        """Each container's restart count and start time: a restart changes them."""
+        if not instances:
+            return {}
+        try:
+            lines = docker("inspect", "--format", "{{.Name}} {{.RestartCount}} {{.State.StartedAt}}",
+                           *[i.name for i in instances]).splitlines()
+        except RolloutError:
+            return {}
+        found = (line.lstrip("/").split(" ", 1) for line in lines if " " in line)
+        return {name: life for name, life in found}
 
     def scale_up(
         self, instances: list[Instance], versions: list[str | None], env: Mapping[str, str]
@@ -413,15 +457,7 @@ class DockerEngine:
 
     def configured_version(self, instance: Instance) -> str | None:
         """SERVICE_VERSION the instance's container was created with (None if it has none)."""
-        try:
-            env = docker("inspect", "--format", "{{json .Config.Env}}", instance.name)
-        except RolloutError:
-            return None
-        for item in json.loads(env or "[]"):
-            key, _, value = str(item).partition("=")
-            if key == "SERVICE_VERSION":
-                return value or None
-        return None
+        return (self.container_env(instance.name) or {}).get("SERVICE_VERSION") or None
 
     def check_passed_through(self, env: Mapping[str, str]) -> None:
         """Compose passes only the variables its file names: refuse others instead of dropping them."""

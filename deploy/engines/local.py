@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import re
 import shlex
@@ -30,8 +29,9 @@ import httpx
 
 import deploy
 from agent.haproxy import Address, RuntimeAPI
-from deploy.engines.base import BACKEND, Instance, wait_new_worker, worker_pid
+from deploy.engines.base import BACKEND, Instance, InThread, Release, wait_new_worker, worker_pid
 from deploy.errors import RolloutError
+from deploy.statefile import read_json, write_json
 
 # The configs ship inside the package (deploy/haproxy; in a checkout a link to haproxy/), so
 # an installed rollout finds them wherever it runs.
@@ -81,18 +81,18 @@ class LocalStack:
         return Path(self.state_dir)
 
     def save(self) -> None:
-        (self.root / "stack.json").write_text(json.dumps(asdict(self), indent=2) + "\n")
+        write_json(self.root / "stack.json", asdict(self))
 
     @classmethod
     def load(cls, state_dir: str) -> LocalStack:
         path = Path(state_dir) / "stack.json"
         try:
-            return cls(**json.loads(path.read_text()))
+            return cls(**read_json(path, "run `rollout down` and `up`"))
         except FileNotFoundError:
             raise RolloutError(
                 f"no local stack in {state_dir!r} (no stack.json); start one with `rollout up`"
             ) from None
-        except (ValueError, TypeError) as exc:
+        except TypeError as exc:
             raise RolloutError(f"{path} is damaged ({exc}); run `rollout down` and `up`") from exc
 
 
@@ -132,7 +132,6 @@ def supervisor_env(env: Mapping[str, str]) -> str:
 
 class LocalEngine:
     name = "local"
-    overlapping_retire = True
 
     def __init__(self, stack: LocalStack) -> None:
         self.stack = stack
@@ -142,6 +141,7 @@ class LocalEngine:
         # being retired is not free until its retire() is done with its program.
         self.slot_lock = threading.Lock()
         self.retiring: set[str] = set()
+        self.releases_lock = threading.Lock()
 
     # -- layout --------------------------------------------------------------------
 
@@ -336,6 +336,7 @@ stdout_logfile={self.root / "logs" / "haproxy.log"}
             **self.stack.app_env,
             **extra,
         }
+        self.record_release(instance, Release(version, dict(extra)))
         (self.root / "conf.d" / f"{instance.name}.conf").write_text(
             f"""[program:{instance.name}]
 command={self.app_command(instance)}
@@ -352,6 +353,43 @@ redirect_stderr=true
 stdout_logfile={self.root / "logs" / f"{instance.name}.log"}
 """
         )
+
+    @property
+    def releases_file(self) -> Path:
+        return self.root / "releases.json"
+
+    def releases(self) -> dict[str, Release]:
+        """What each slot was last given: its version and the extra environment (--env)."""
+        try:
+            data = read_json(self.releases_file, "run `rollout down` and `up`")
+        except FileNotFoundError:
+            return {}
+        try:
+            return {name: Release.from_dict(value) for name, value in data.items()}
+        except (AttributeError, ValueError) as exc:
+            raise RolloutError(f"{self.releases_file} is damaged ({exc}); "
+                               "run `rollout down` and `up`") from None
+
+    def record_release(self, instance: Instance, release: Release) -> None:
+        with self.releases_lock:
+            releases = self.releases()
+            releases[instance.name] = release
+            write_json(self.releases_file, {name: r.as_dict() for name, r in releases.items()})
+
+    def release_of(self, instance: Instance) -> Release | None:
+        return self.releases().get(instance.name)
+
+    def incarnations(self, instances: list[Instance]) -> dict[str, str]:
+        """The agent's pid under supervisor: a restart (a crash, an exit) gives a new one."""
+        names = {i.name for i in instances}
+        try:
+            return {p["name"]: str(p["pid"]) for p in self.supervisor("getAllProcessInfo")
+                    if p["name"] in names and p["pid"]}
+        except (OSError, xmlrpc.client.Error):
+            return {}
+
+    def start_retire(self, instances: list[Instance]) -> InThread:
+        return InThread(lambda: self.retire(instances))
 
     def program_version(self, instance: Instance) -> str | None:
         conf = (self.root / "conf.d" / f"{instance.name}.conf").read_text()

@@ -34,7 +34,7 @@ from typing import Any
 
 from agent.errors import HAProxyError
 from agent.haproxy import ServerStat, StatsPage
-from deploy.engines.base import BACKEND, Instance, check_version
+from deploy.engines.base import BACKEND, Finished, Instance, Release, check_version
 from deploy.engines.compose import RUNTIME_API_SCRIPT, STATE_DUMP_SCRIPT, VERSION_SCRIPT
 from deploy.errors import RolloutError
 
@@ -130,7 +130,6 @@ class SwarmEngine:
     """`rollout --engine swarm`: the stack `stack` (ZDH_STACK, default zdh) from deploy/stack.yml."""
 
     name = "swarm"
-    overlapping_retire = False
 
     def __init__(self, env: Mapping[str, str] | None = None, stack: str | None = None,
                  stack_file: Path = STACK_FILE) -> None:
@@ -534,6 +533,15 @@ class SwarmEngine:
 
     def retire(self, instances: list[Instance]) -> None:
         raise self.not_by_hand()
+
+    def start_retire(self, instances: list[Instance]) -> Finished:
+        raise self.not_by_hand()
+
+    def release_of(self, instance: Instance) -> Release | None:
+        return None  # Swarm keeps the previous spec itself: its rollback restores it
+
+    def incarnations(self, instances: list[Instance]) -> dict[str, str]:
+        return {}  # a task that fails is a new task (a new name): Swarm's monitor counts it
 
     @staticmethod
     def not_by_hand() -> RolloutError:

@@ -86,7 +86,8 @@ def test_a_real_haproxy_row() -> None:
         "Layer4 connection problem,2,3,0,1,1,1,127.0.0.1:1,,http,,,,,,,,0,0,0,,,0,,0,0,0,0,0,0,0,0,1,1,,,,0,,,,"
         ",,,,,,-,0,0,0,,,,,,,,,,,,,,,,,,,,,,\n\n"
     )
-    assert parse_stat_csv(real) == [ServerStat("app", "app1", "DOWN", 0, 0, "127.0.0.1:1", "Layer4 connection problem")]
+    assert parse_stat_csv(real) == [ServerStat("app", "app1", "DOWN", 0, 0, "127.0.0.1:1", "Layer4 connection problem",
+                                               chkdown=1, weight=1)]
 
 
 def test_server_rows_only_with_sessions_queue_state_and_address() -> None:
