@@ -105,15 +105,16 @@ def canary_weights(percent: float, new: int, old: int, top: int = 256) -> tuple[
         raise ValueError(f"canary: {percent}% to {new} new of {old} old servers")
     if percent == 100 or old == 0:
         return top, 0
-    best: tuple[float, int, int] = (2.0, top, top)
-    for w_old in range(1, top + 1):
-        w_new = round(percent * old * w_old / ((100 - percent) * new))
-        if not 1 <= w_new <= top:
-            continue
-        error = abs(100 * new * w_new / (new * w_new + old * w_old) - percent)
-        if error < best[0] - 1e-9:
-            best = (error, w_new, w_old)
-    return best[1], best[2]
+
+    def share(w_new: int, w_old: int) -> float:
+        return 100 * new * w_new / (new * w_new + old * w_old)
+
+    candidates = [(top, 0)]  # everything to the new ones: the last resort at a high share
+    for w in range(1, top + 1):
+        candidates.append((w, round((100 - percent) * new * w / (percent * old))))
+        candidates.append((round(percent * old * w / ((100 - percent) * new)), w))
+    valid = [(n, o) for n, o in candidates if 1 <= n <= top and 0 <= o <= top]
+    return min(valid, key=lambda c: (round(abs(share(*c) - percent), 6), c[0] + c[1]))
 
 
 def canary_count(percent: float, instances: int) -> int:

@@ -239,11 +239,10 @@ class Deploy:
             self.clock.sleep(min(POLL_S, max(0.0, end - self.clock.monotonic())))
         self.stats = self.read()
         why = self.watch.observe(self.stats, self.fleet.incarnations(self.watch.instances), latency=True)
-        new, old = self.watch.figures(self.stats)
         if why is not None:
             self.emit_all("watch-failed", why)
             raise Halt(f"watch failed: {why}")
-        self.emit_all("watch-passed", f"{what}: new {new}; old {old}")
+        self.emit_all("watch-passed", f"{what}: {self.watch.describe(self.stats)}")
 
     def tick(self) -> None:
         """One read of HAProxy: retires that ended, and the watch (which may halt the deploy)."""

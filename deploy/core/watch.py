@@ -66,6 +66,12 @@ class Watch:
         new = total(delta(rows[k], w.window) for k, w in self.new.items() if k in rows)
         return new, self.old_window if self.old_window.requests else self.old_deploy
 
+    def describe(self, stats: list[ServerStat]) -> str:
+        new, old = self.figures(stats)
+        since = ("in this window" if self.old_window.requests
+                 else "over the deploy (none served in this window)")
+        return f"new {new}; old {since} {old}"
+
     def observe(self, stats: list[ServerStat], incarnations: Mapping[str, str],
                 latency: bool = False) -> str | None:
         """Why the watch fails, naming the instance and the figure; None while all is well."""

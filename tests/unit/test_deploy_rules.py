@@ -251,7 +251,7 @@ def test_a_canary_step_sends_its_share(percent: int) -> None:
     step = next(e for e in events if e.name == "canary")
     window = next(e for e in events if e.name == "watch-passed")
     assert window.detail.startswith(f"canary {percent}%")
-    new, old = window.detail.split("new ", 1)[1].split("; old ")
+    new, old = window.detail.split("new ", 1)[1].split("; old in this window ")
     new_req, old_req = int(new.split(" in ")[1].split()[0]), int(old.split(" in ")[1].split()[0])
     assert 100 * new_req / (new_req + old_req) == pytest.approx(percent, abs=1.5), step.detail
     assert world.versions() == ["v2"] * 4
