@@ -136,8 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     switch.add_argument("--drain-timeout", type=float, default=60.0,
                         help="max wait for the old pool's sessions to end (default 60 s)")
 
-    release = sub.add_parser("release", help="blue/green: deploy to the idle pool, then switch to it")
+    release = sub.add_parser("release", help="blue/green: deploy to the idle pool, switch to it, "
+                                             "watch it, switch back if it fails")
     add_restart_options(release)
+    add_watch_options(release)
 
     check = sub.add_parser("check", help="load the frontend, optionally restarting in the middle")
     group = check.add_mutually_exclusive_group()
@@ -537,7 +539,16 @@ def cmd_release(engine: Engine, args: argparse.Namespace) -> int:
     require_blue_green(engine)
     if not args.version:
         raise RolloutError("release needs --version", exit_code=2)
-    bluegreen.release(engine, args.version, parse_env(args.env), args.restart_timeout, print_event, say)
+    ignored = [flag for flag, given in (("--surge", args.surge),
+                                        ("--max-unavailable", args.max_unavailable != "1"),
+                                        ("--canary", args.canary), ("--min-ready", args.min_ready))
+               if given]
+    if ignored:
+        raise RolloutError(f"{', '.join(ignored)}: not for a blue/green release, which makes the idle "
+                           "pool one instance at a time and then moves all traffic at once", exit_code=2)
+    plan = make_plan(args, args.version, parse_env(args.env))
+    bluegreen.release(engine, args.version, plan.env, args.restart_timeout, print_event, say,
+                      watch_s=plan.watch_s, thresholds=plan.thresholds, switch_back=plan.rollback)
     return 0
 
 

@@ -32,8 +32,11 @@ class Watch:
     server served in the window (the last batch), the old version's figures since the deploy
     began stand in."""
 
-    def __init__(self, thresholds: Thresholds) -> None:
+    def __init__(self, thresholds: Thresholds, old_backends: set[str] | None = None) -> None:
+        """`old_backends`: where the old version serves (blue/green: the other pool; default:
+        the backends of the new instances)."""
         self.thresholds = thresholds
+        self.old_backends = old_backends
         self.new: dict[tuple[str, str], Watched] = {}
         self.fresh: set[tuple[str, str]] = set()  # started by this deploy: never counted as old
         self.last: dict[tuple[str, str], ServerStat] = {}
@@ -75,7 +78,8 @@ class Watch:
     def observe(self, stats: list[ServerStat], incarnations: Mapping[str, str],
                 latency: bool = False) -> str | None:
         """Why the watch fails, naming the instance and the figure; None while all is well."""
-        backends = {w.instance.backend for w in self.new.values()} or {s.backend for s in stats}
+        backends = (self.old_backends or {w.instance.backend for w in self.new.values()}
+                    or {s.backend for s in stats})
         for stat in stats:
             k = key(stat)
             if stat.backend in backends and stat.addr and k not in self.fresh and stat.status == "UP":

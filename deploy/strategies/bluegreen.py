@@ -4,6 +4,9 @@ HAProxy's `set map` lives in memory only: a restart or reload reads the map file
 So a switch does both, in this order: `set map` (traffic moves at once), then the file
 (write + rename, atomic). It refuses a pool that is not entirely UP, and afterwards
 waits for the old pool to finish its requests, which then stays warm for a rollback.
+A release watches the new pool after its switch (deploy.core.watch: a server that leaves
+UP or restarts, or answers worse than the old pool did during the release) and switches
+back by itself when it fails.
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy.engines.base import Engine
+from deploy.core.analysis import Thresholds
+from deploy.core.watch import Watch
+from deploy.engines.base import Engine, Instance
 from deploy.errors import RolloutError
-from deploy.strategies.rolling import Event, read_servers, rolling_restart
+from deploy.strategies.rolling import Event, read_servers, rolling_restart, row_of
 
 COLORS = ("blue", "green")
 MAP_KEY = "active"
@@ -134,12 +139,56 @@ def release(
     timeout_s: float,
     report: Callable[[Event], None],
     say: Callable[[str], None],
+    watch_s: float = 0.0,
+    thresholds: Thresholds | None = None,
+    switch_back: bool = True,
 ) -> SwitchResult:
-    """Deploy `version` to the idle pool, one instance at a time, then switch to it."""
-    idle = other(active_color(engine))
+    """Deploy `version` to the idle pool, one instance at a time, switch to it, and watch it
+    for `watch_s`; on a failure switch back (unless not `switch_back`) and raise."""
+    active = active_color(engine)
+    idle = other(active)
     say(f"releasing {version} to {idle}")
+    watch = Watch(thresholds or Thresholds(), old_backends={active})
+    watch.observe(read_servers(engine), {})  # the active pool's counters from here on
     pool = [i for i in engine.instances() if i.backend == idle]
     result = rolling_restart(engine, version, env, timeout_s, report, pool, guard=False)
     if result.error:
-        raise RolloutError(f"{result.error}\nno switch: traffic stays on {other(idle)}")
-    return switch(engine, idle, say)
+        raise RolloutError(f"{result.error}\nno switch: traffic stays on {active}")
+    watch.observe(read_servers(engine), {})  # what the old pool did while the new one was made
+    switched = switch(engine, idle, say)
+    if watch_s > 0:
+        watch_pool(engine, watch, pool, watch_s, say, active if switch_back else None)
+    return switched
+
+
+def watch_pool(engine: Engine, watch: Watch, pool: list[Instance], watch_s: float,
+               say: Callable[[str], None], back_to: str | None) -> None:
+    """The new pool, watched for `watch_s` after the switch; a failure switches to `back_to`."""
+    stats = read_servers(engine)
+    lives = engine.incarnations(pool)
+    for instance in pool:
+        watch.expect(instance)
+        if (row := row_of(stats, instance)) is not None:
+            watch.add(instance, row, lives.get(instance.name))
+    watch.mark(stats)
+    say(f"watching {pool[0].backend} for {watch_s:g}s")
+    end = time.monotonic() + watch_s
+    why = None
+    while why is None and time.monotonic() < end:
+        time.sleep(0.05)
+        try:
+            stats = read_servers(engine)
+        except RolloutError:
+            continue  # HAProxy restarting: the deadline still runs
+        why = watch.observe(stats, engine.incarnations(pool))
+    if why is None:
+        why = watch.observe(read_servers(engine), engine.incarnations(pool), latency=True)
+    if why is None:
+        say(f"watch passed: {watch.describe(stats)}")
+        return
+    if back_to is None:
+        raise RolloutError(f"watch failed: {why}\nno switch back (--no-rollback): "
+                           f"`rollout switch {other(pool[0].backend)}` returns to the old pool")
+    switch(engine, back_to, say)
+    raise RolloutError(f"watch failed: {why}\nswitched back to {back_to}, which kept running the "
+                       "release before")

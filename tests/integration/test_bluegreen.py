@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
 import time
 
 import httpx
@@ -11,7 +13,7 @@ from deploy.check.loadcheck import check_ledgers
 from deploy.errors import RolloutError
 from deploy.strategies import bluegreen
 from deploy.strategies.rolling import read_servers, rolling_restart
-from tests.conftest import load_during, wait_for
+from tests.conftest import BIN, load_during, wait_for
 
 
 def quiet(message: str) -> None:
@@ -119,3 +121,39 @@ def _answers(engine) -> bool:  # type: ignore[no-untyped-def]
         return httpx.get(f"{engine.frontend_url()}/cms", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_a_release_whose_pool_crashes_after_the_switch_switches_back(pools) -> None:  # type: ignore[no-untyped-def]
+    """Green gets v3 which crashes 2 s after every start: the watch after the switch sees it
+    and moves the traffic back to blue, which never stopped running v1."""
+    engine = pools
+    runs: list[subprocess.CompletedProcess[str]] = []
+
+    def during() -> None:
+        runs.append(subprocess.run(
+            [str(BIN / "rollout"), "--state-dir", str(engine.root), "release", "--version", "v3",
+             "--env", "SERVICE_FAULT_CRASH_AFTER_S=2", "--watch-for", "6"],
+            capture_output=True, text=True, timeout=120, check=False))
+
+    result = load(engine, requests=15_000, during=during)
+    run = runs[0]
+    assert run.returncode == 1, run.stderr
+    assert re.search(r"watch failed: \[green\d\] (restarted|left UP|went DOWN)", run.stderr), run.stderr
+    assert "switched back to blue" in run.stderr
+    assert bluegreen.active_color(engine) == bluegreen.file_color(engine) == "blue"
+    assert result.versions["v3"] > 0  # green did serve v3 before it crashed
+    served = [max(b.versions, key=b.versions.__getitem__) for _, b in sorted(result.seconds.items()) if b.versions]
+    assert served[-1] == "v1"
+    # what failed was in flight on a crashing green app: a handful, never the blue pool's
+    assert result.failed < 50, result.failures
+
+
+def test_a_good_release_is_watched_and_stays(pools) -> None:  # type: ignore[no-untyped-def]
+    engine = pools
+    run = subprocess.run([str(BIN / "rollout"), "--state-dir", str(engine.root), "release", "--version",
+                          "v3", "--watch-for", "2"], capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 0, run.stderr
+    assert "watch passed" in run.stderr and bluegreen.active_color(engine) == "green"
+    refused = subprocess.run([str(BIN / "rollout"), "--state-dir", str(engine.root), "release", "--version",
+                              "v4", "--surge"], capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode == 2 and "--surge: not for a blue/green release" in refused.stderr

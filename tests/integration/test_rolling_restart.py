@@ -77,10 +77,18 @@ def test_rollout_cli_status_restart_and_halt(tmp_path: Path) -> None:
         assert [line.split()[:2] + line.split()[-1:] for line in lines[1:]] == [
             ["app1", "UP", "v1"], ["app2", "UP", "v1"], ["app3", "UP", "v1"]]
 
-        bad = run("restart", "--version", "bad", "--env", "SERVICE_WARMUP_S=600",
-                  "--env", "DRAIN_AGENT_START_TIMEOUT=2", "--restart-timeout", "4")
+        bad_release = ("--version", "bad", "--env", "SERVICE_WARMUP_S=600",
+                       "--env", "DRAIN_AGENT_START_TIMEOUT=2", "--restart-timeout", "4")
+        bad = run("restart", *bad_release)  # a deploy: rolled back by itself
         assert bad.returncode == 1
         assert "[app1] app not ready at http://127.0.0.1:" in bad.stderr and "within 2s" in bad.stderr
+        assert "deploy failed and was rolled back" in bad.stderr
+        assert "rolled back: app1 on v1; untouched: app2, app3" in bad.stderr
+        versions = [line.split()[-1] for line in run("status").stdout.splitlines()[1:]]
+        assert versions == ["v1", "v1", "v1"]
+
+        bad = run("restart", *bad_release, "--no-rollback")  # today's halt
+        assert bad.returncode == 1
         assert "rollout halted; untouched: app2, app3" in bad.stderr
         versions = [line.split()[-1] for line in run("status").stdout.splitlines()[1:]]
         assert versions[1:] == ["v1", "v1"]  # the rest keep serving the old version
