@@ -429,10 +429,11 @@ def run_restart(engine: Engine, args: argparse.Namespace, env: dict[str, str],
 
 def history_of(engine: Engine, args: argparse.Namespace) -> History:
     """Where the stack's history lives: the local stack's state directory; for the other
-    engines a file named after the engine in --state-dir."""
+    engines a file named after the engine and the stack (compose project, Swarm stack) in
+    --state-dir."""
     if engine.name == "local":
         return History(engine.root / "history.json")
-    return History(Path(args.state_dir) / f"{engine.name}-history.json")
+    return History(Path(args.state_dir) / f"{engine.name}-{engine.stack_id}-history.json")
 
 
 def print_event(event: Event) -> None:

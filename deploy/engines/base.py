@@ -163,6 +163,10 @@ class Engine(Protocol):
     def retire(self, instances: list[Instance]) -> None:
         """Stop the instances together, each draining first, and wait until all are gone."""
 
+    @property
+    def stack_id(self) -> str:
+        """The stack's name among others of its engine (compose project, Swarm stack)."""
+
     def start_retire(self, instances: list[Instance]) -> InThread | Finished:
         """retire(), in the background where the engine allows it (the local engine: a surge's
         next batch boots while the last one drains; compose counts containers to scale, so

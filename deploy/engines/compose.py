@@ -291,6 +291,11 @@ class DockerEngine:
             self._removed_logs[name] = self.log_tail(Instance(name, ""), LOG_LINES_KEPT)
         docker("rm", *names)
 
+    @property
+    def stack_id(self) -> str:
+        """The compose project's name, as compose resolves it (for the history's file name)."""
+        return str(self.config().get("name") or self.root.name)
+
     def start_retire(self, instances: list[Instance]) -> Finished:
         """Compose counts containers to scale: a retire ends before the next step begins."""
         try:

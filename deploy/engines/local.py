@@ -388,6 +388,10 @@ stdout_logfile={self.root / "logs" / f"{instance.name}.log"}
         except (OSError, xmlrpc.client.Error):
             return {}
 
+    @property
+    def stack_id(self) -> str:
+        return "local"
+
     def start_retire(self, instances: list[Instance]) -> InThread:
         return InThread(lambda: self.retire(instances))
 

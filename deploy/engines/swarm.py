@@ -534,6 +534,10 @@ class SwarmEngine:
     def retire(self, instances: list[Instance]) -> None:
         raise self.not_by_hand()
 
+    @property
+    def stack_id(self) -> str:
+        return self.stack
+
     def start_retire(self, instances: list[Instance]) -> Finished:
         raise self.not_by_hand()
 

@@ -192,7 +192,7 @@ def test_rollout_restart_to_a_version_under_load(healthy_stack: ComposeStack) ->
     assert isinstance(restart, subprocess.CompletedProcess)
     assert restart.returncode == 0, f"{restart.stderr}\n{stack.logs()}"
     stack.version = "e2e-v4"
-    assert "rolling restart done" in restart.stderr
+    assert "deploy done" in restart.stderr
     assert_no_failures(result, 10_000)
     assert set(result.versions) == {"e2e-v3", "e2e-v4"}, result.versions
     assert versions_now(stack.url) == {"e2e-v4"}
@@ -203,6 +203,30 @@ def test_rollout_restart_to_a_version_under_load(healthy_stack: ComposeStack) ->
     assert up.low == 2  # stop-first, one at a time
 
 
+def test_rollout_deploy_of_a_release_that_crashes_after_up_rolls_back_by_itself(
+        healthy_stack: ComposeStack) -> None:
+    """Surge, each batch held 5 s (--min-ready): the new container crashes 2 s after it is
+    ready, Docker restarts it, the watch sees the restart and the tool removes it; the old
+    containers never stopped serving."""
+    stack = healthy_stack
+    old = stack.containers()
+    result, run = load_during(stack.url, lambda: stack.rollout(
+        "deploy", "e2e-crash", "--surge", "--min-ready", "5", "--watch-for", "5",
+        "--env", "SERVICE_FAULT_CRASH_AFTER_S=2"), requests=8_000)
+    assert isinstance(run, subprocess.CompletedProcess)
+    assert run.returncode == 1, run.stderr
+    assert "deploy failed and was rolled back" in run.stderr
+    assert re.search(r"watch failed: \[[\w-]+\] (restarted|left UP|went DOWN)", run.stderr), run.stderr
+    assert "untouched: " + ", ".join(c.name for c in old) in run.stderr
+    assert {c.id for c in stack.wait_up(3, timeout=60)} == {c.id for c in old}
+    assert set(stack.versions().values()) == {stack.version}
+    assert versions_now(stack.url) == {stack.version}
+    # Cut: at most what was in flight on the crashing container; none once it was taken away.
+    assert result.failed < 30, dict(result.failures)
+    history = stack.rollout("history").stdout.splitlines()
+    assert history[-1].split()[-1] == "rolled-back", history
+
+
 # The two tools, each in both orders. Same rules: a stop only while another server is UP; a
 # replacement not UP on the new version in time halts the deploy, and what was not touched is
 # named; surge removes the failed new container (the old one still serves).
@@ -211,11 +235,12 @@ DEPLOYS: dict[str, Callable[..., subprocess.CompletedProcess[str]]] = {
         version, "--timeout", str(timeout), **env),
     "deploy.sh --stop-first": lambda stack, version, timeout, **env: stack.deploy(
         version, "--stop-first", "--timeout", str(timeout), **env),
+    # --no-rollback: the halt these tests compare (the rollback has its own test below)
     "rollout restart --surge": lambda stack, version, timeout, **env: stack.rollout(
-        "restart", "--surge", "--version", version, "--restart-timeout", str(timeout),
+        "restart", "--surge", "--version", version, "--restart-timeout", str(timeout), "--no-rollback",
         *(f"--env={key}={value}" for key, value in env.items())),
     "rollout restart": lambda stack, version, timeout, **env: stack.rollout(
-        "restart", "--version", version, "--restart-timeout", str(timeout),
+        "restart", "--version", version, "--restart-timeout", str(timeout), "--no-rollback",
         *(f"--env={key}={value}" for key, value in env.items())),
 }
 
