@@ -396,15 +396,17 @@ def run_restart(engine: Engine, args: argparse.Namespace, env: dict[str, str],
     the stack's history."""
     version = version or getattr(args, "version", None)
     if isinstance(engine, SwarmEngine):
-        given = watch_flags_given(args)
-        if given or args.no_rollback:
-            raise RolloutError(f"{', '.join(given) or '--no-rollback'}: not on Swarm, whose own update "
-                               "monitor and failure_action (deploy/stack.yml) watch and roll back",
+        given = [flag for flag in watch_flags_given(args) if flag != "--watch-for"]
+        if given:
+            raise RolloutError(f"{', '.join(given)}: not on Swarm, whose own update watches each task "
+                               "for --watch-for (its monitor) and rolls back (its failure_action)",
                                exit_code=2)
         parallelism = (batch_size(args.max_unavailable, engine.replicas())
                        if args.max_unavailable != "1" else None)
         return service_update(engine, version, env, args.restart_timeout, print_event,
-                              order="start-first" if args.surge else None, parallelism=parallelism)
+                              order="start-first" if args.surge else None, parallelism=parallelism,
+                              monitor=getattr(args, "watch_for", None),
+                              failure_action="pause" if getattr(args, "no_rollback", False) else None)
     plan = make_plan(args, version, env)
     if not is_deploy(args):
         return run_plan(engine, plan, print_event)

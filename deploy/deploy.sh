@@ -21,6 +21,15 @@
 # the service is refused up front (compose would start the stopped one instead of a new one,
 # and cannot scale around a paused one).
 #
+# Watch and rollback: each new container is watched from the moment it is UP until the deploy
+# ends and for --watch SECONDS after it (DEPLOY_WATCH, default 10; 0: off): it fails when it
+# leaves UP or goes DOWN, restarts (Docker's restart count or start time changes), or its share
+# of errors (HAProxy's hrsp_5xx + econ + eresp per request) exceeds the old containers' by more
+# than DEPLOY_MAX_ERROR_RATE (0.01). A failure, or a new container that never gets UP, rolls
+# back: every container already replaced is replaced again by the old image with the old
+# container's values of the compose file's variables, by the same rules; --no-rollback
+# (DEPLOY_ROLLBACK=0) halts instead, as described below. The same rules as `rollout deploy`.
+#
 # Environment: VERSION (or the first argument), DEPLOY_TIMEOUT (per container, default 90 s),
 # DEPLOY_SERVICE (default app), DEPLOY_APP_PORT (the app's port in the container, 8000),
 # DEPLOY_VERSION_URL (inside the container, default http://127.0.0.1:8000/version; empty: skip the
@@ -28,15 +37,21 @@
 # COMPOSE_FILE, ZDH_*, SERVICE_WARMUP_S, ...) goes to docker compose as it is.
 set -euo pipefail
 
-usage() { echo "usage: [VERSION=v2] $0 [VERSION] [--timeout SECONDS] [--stop-first]" >&2; exit 2; }
+usage() { echo "usage: [VERSION=v2] $0 [VERSION] [--timeout SECONDS] [--stop-first] [--watch SECONDS] [--no-rollback]" >&2; exit 2; }
 
 version=${VERSION:-}
 timeout_s=${DEPLOY_TIMEOUT:-90}
+watch_s=${DEPLOY_WATCH:-10}
+rollback=${DEPLOY_ROLLBACK:-1}
+max_error_rate=${DEPLOY_MAX_ERROR_RATE:-0.01}
 surge=yes
 while [ $# -gt 0 ]; do
   case $1 in
     --timeout) [ $# -ge 2 ] || usage; timeout_s=$2; shift 2 ;;
     --timeout=*) timeout_s=${1#--timeout=}; shift ;;
+    --watch) [ $# -ge 2 ] || usage; watch_s=$2; shift 2 ;;
+    --watch=*) watch_s=${1#--watch=}; shift ;;
+    --no-rollback) rollback=0; shift ;;
     --stop-first) surge=; shift ;;
     -h|--help) usage ;;
     -*) echo "deploy.sh: unknown option $1" >&2; usage ;;
@@ -46,6 +61,11 @@ done
 version=${version_arg:-$version}
 [[ $timeout_s =~ ^[0-9]+$ ]] && [ "$timeout_s" -gt 0 ] \
   || { echo "deploy.sh: timeout '$timeout_s' must be a whole number of seconds > 0" >&2; exit 2; }
+[[ $watch_s =~ ^[0-9]+$ ]] && [ "$watch_s" -le 3600 ] \
+  || { echo "deploy.sh: watch '$watch_s' must be a whole number of seconds, 0..3600" >&2; exit 2; }
+[[ $rollback =~ ^[01]$ ]] || { echo "deploy.sh: DEPLOY_ROLLBACK must be 0 or 1" >&2; exit 2; }
+[[ $max_error_rate =~ ^(0(\.[0-9]+)?|1(\.0+)?)$ ]] \
+  || { echo "deploy.sh: DEPLOY_MAX_ERROR_RATE '$max_error_rate' must be a share from 0 to 1" >&2; exit 2; }
 service=${DEPLOY_SERVICE:-app}
 app_port=${DEPLOY_APP_PORT:-8000}
 version_url=${DEPLOY_VERSION_URL-http://127.0.0.1:8000/version}
@@ -69,9 +89,10 @@ stopped=${stopped% }
 paused=$(docker compose ps -a --status paused --format '{{.Name}}' "$service" | tr '\n' ' ')
 paused=${paused% }
 [ -z "$paused" ] || fail "paused containers of '$service': $paused; compose cannot scale the service around them. Unpause them (docker unpause $paused) or remove them (docker rm -f $paused) first"
+old_image=$(docker inspect -f '{{.Config.Image}}' "${old_ids[0]}")
+prev_version=${old_image##*:}   # what a rollback goes back to, with the old container's variables
 if [ -z "$version" ]; then
-  image=$(docker inspect -f '{{.Config.Image}}' "${old_ids[0]}")
-  version=${image##*:}
+  version=$prev_version
   log "no version given: redeploying the running one, $version"
 fi
 [[ $version =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]] \
@@ -121,11 +142,13 @@ slots_of() {
                              END { print (b == "" ? 0 : n[b]) }'
 }
 
-# Until HAProxy has the container UP and it answers with the new version, or the timeout.
+# Until HAProxy has the container UP and it answers with the new version, or the timeout; the
+# containers already UP are watched meanwhile.
 wait_up() {
   local id=$1 deadline status seen=""
   deadline=$(( $(date +%s) + timeout_s ))
   while :; do
+    if ! watch_check; then echo "watch failed: $watch_why"; return 1; fi
     status=$(status_of "$id")
     if [ "$status" = UP ]; then
       seen=$(version_of "$id")
@@ -153,6 +176,114 @@ start_one() {
 # docker stop waits the container's own grace period (compose's stop_grace_period) before SIGKILL.
 retire() { docker stop "$1" >/dev/null && docker rm "$1" >/dev/null; }
 
+# -- the watch ------------------------------------------------------------------------------
+# Every server row as "addr requests errors downs status" (errors: 5xx + failed connections +
+# cut responses; downs: UP -> DOWN transitions), from HAProxy's counters.
+counters() {
+  curl -fsS --max-time 2 "$stats_url" 2>/dev/null \
+    | awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
+               $2 != "FRONTEND" && $2 != "BACKEND" && $(col["addr"]) != "" {
+                 print $(col["addr"]), $(col["req_tot"]) + 0,
+                       $(col["hrsp_5xx"]) + $(col["econ"]) + $(col["eresp"]), $(col["chkdown"]) + 0, $(col["status"]) }'
+}
+life() { docker inspect -f '{{.RestartCount}} {{.State.StartedAt}}' "$1" 2>/dev/null || echo gone; }
+declare -A fresh=() base_req=() base_err=() base_down=() base_life=() new_addr=()
+declare -A old_base_req=() old_base_err=() old_req=() old_err=()
+watched=()
+# A new container: its address is never counted as the old version's.
+mark_fresh() { fresh["$(address_of "$1"):$app_port"]=1; }
+# From now on (it is UP) a new container is watched, against its counters at this moment.
+watch_add() {
+  local id=$1 addr row
+  [ "$watch_s" -gt 0 ] || return 0
+  addr="$(address_of "$id"):$app_port"
+  row=$(counters | awk -v a="$addr" '$1 == a')
+  [ -n "$row" ] || return 0
+  new_addr[$id]=$addr
+  read -r _ base_req[$id] base_err[$id] base_down[$id] _ <<<"$row"
+  base_life[$id]=$(life "$id")
+  watched+=("$id")
+}
+# Exit 1 with the reason in $watch_why when the watch fails; 0 while all is well. Run it in
+# this shell (not in $(...)) where the old containers' figures must be kept.
+watch_why=""
+watch_check() {
+  watch_why=""
+  [ "$watch_s" -gt 0 ] || return 0
+  local rows id addr req err down status nreq=0 nerr=0 oreq=0 oerr=0
+  rows=$(counters) || return 0   # HAProxy unreachable for a moment: no verdict
+  [ -n "$rows" ] || return 0
+  for id in "${watched[@]}"; do
+    addr=${new_addr[$id]}
+    read -r _ req err down status < <(awk -v a="$addr" '$1 == a' <<<"$rows"; echo "$addr 0 0 0 missing")
+    [ "$status" != missing ] || { watch_why="[$(short "$id")] is gone from HAProxy"; return 1; }
+    [[ $status == UP* ]] || { watch_why="[$(short "$id")] left UP: HAProxy says $status"; return 1; }
+    [ "$down" -le "${base_down[$id]}" ] || { watch_why="[$(short "$id")] went DOWN in HAProxy since it was UP"; return 1; }
+    [ "$(life "$id")" = "${base_life[$id]}" ] || { watch_why="[$(short "$id")] restarted: it crashed or exited"; return 1; }
+    [ "$req" -lt "${base_req[$id]}" ] || nreq=$(( nreq + req - base_req[$id] ))
+    [ "$err" -lt "${base_err[$id]}" ] || nerr=$(( nerr + err - base_err[$id] ))
+  done
+  # The old containers: each one's growth since the deploy began, while it was UP.
+  while read -r addr req err down status; do
+    [ -z "${fresh[$addr]:-}" ] || continue
+    if [ -z "${old_base_req[$addr]:-}" ]; then old_base_req[$addr]=$req; old_base_err[$addr]=$err; fi
+    if [ "$status" = UP ]; then old_req[$addr]=$req; old_err[$addr]=$err; fi
+  done <<<"$rows"
+  for addr in "${!old_req[@]}"; do
+    oreq=$(( oreq + old_req[$addr] - old_base_req[$addr] )); oerr=$(( oerr + old_err[$addr] - old_base_err[$addr] ))
+  done
+  [ "$nerr" -gt 0 ] || return 0
+  watch_why=$(awk -v ne="$nerr" -v nr="$nreq" -v oe="$oerr" -v or="$oreq" -v m="$max_error_rate" 'BEGIN {
+        new = ne / (nr > ne ? nr : ne); old = (or > 0 ? oe / or : 0)
+        if (new > old + m) printf "error share %.1f%% (%d of %d requests) against %.1f%% on the old version; allowed: +%.1f%% (DEPLOY_MAX_ERROR_RATE)", 100 * new, ne, nr, 100 * old, 100 * m
+      }')
+  [ -z "$watch_why" ]
+}
+
+# -- rollback -------------------------------------------------------------------------------
+changed=()        # new containers, in order
+old_serving=()    # for each: its old container while that one still serves (surge), else ""
+# The old container's values for the variables the compose file passes through (${VAR...}):
+# what the rollback gives compose again, so a bad release's --env does not come back with it.
+compose_files() { local IFS=:; for f in ${COMPOSE_FILE:-docker-compose.yml}; do echo "$f"; done; }
+old_env=$(docker inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "${old_ids[0]}")
+restore_old_env() {
+  local name value
+  for name in $(compose_files | xargs grep -ho '\${[A-Za-z_][A-Za-z0-9_]*' 2>/dev/null | cut -c3- | sort -u); do
+    case $name in SERVICE_VERSION|ZDH_*|COMPOSE_*) continue ;; esac
+    if value=$(grep -m1 "^$name=" <<<"$old_env"); then export "$name=${value#*=}"; else unset "$name"; fi
+  done
+}
+# Halt: with rollback, every changed container back on the old release; then exit 1.
+halt() {
+  local why=$1 tail=${2:-} i new old back why_back failed=""
+  if [ "$rollback" != 1 ] || [ "${#changed[@]}" -eq 0 ]; then fail "$why$tail"; fi
+  log "deploy.sh: $why" >&2
+  log "rolling back ${#changed[@]} container(s) to $prev_version"
+  watch_s=0 version=$prev_version
+  export SERVICE_VERSION=$prev_version
+  restore_old_env
+  for i in "${!changed[@]}"; do
+    new=${changed[$i]} old=${old_serving[$i]}
+    if [ -n "$old" ]; then   # surge: its old one still serves; only take the new one away
+      retire "$new" || failed+=" $(short "$new")"
+      log "[$(short "$new")] removed; $(short "$old") kept serving"
+      continue
+    fi
+    if [ -n "$surge" ]; then
+      back=$(start_one) && why_back=$(wait_up "$back") && retire "$new" \
+        && { log "[$(short "$new")] replaced by $(short "$back") on $prev_version"; continue; }
+    else
+      if [ "$(up_except "$new")" -gt 0 ] && retire "$new" && back=$(start_one) && why_back=$(wait_up "$back"); then
+        log "[$(short "$new")] replaced by $(short "$back") on $prev_version"; continue
+      fi
+    fi
+    failed+=" $(short "$new")${why_back:+ ($why_back)}"
+  done
+  [ -z "$failed" ] || fail "$why; rollback FAILED for:$failed"
+  fail "$why; rolled back to $prev_version: ${#changed[@]} container(s)$tail"
+}
+
 if [ -n "$surge" ]; then
   slots=$(slots_of "${old_ids[0]}")
   if [ "$slots" -gt 0 ] && [ "${#old_ids[@]}" -ge "$slots" ]; then
@@ -167,32 +298,51 @@ trap 'rm -f "$build_log"' EXIT
 docker compose build "$service" >"$build_log" 2>&1 || { cat "$build_log" >&2; fail "image build failed"; }
 log "deploy $version: image built in $(since "$began")s; replacing ${#old_ids[@]} containers ($([ -n "$surge" ] && echo surge || echo stop-first))"
 
+watch_check || true   # the old containers' counters from here on
 for index in "${!old_ids[@]}"; do
   old=${old_ids[$index]}
   rest=("${old_ids[@]:index+1}")
   t0=$(date +%s.%N)
   if [ -n "$surge" ]; then
-    new=$(start_one) || fail "[$(short "$old")] could not start a new container; untouched: $(ids "$old" "${rest[@]}")"
+    new=$(start_one) || halt "[$(short "$old")] could not start a new container" "; untouched: $(ids "$old" "${rest[@]}")"
+    mark_fresh "$new"
+    changed+=("$new") old_serving+=("$old")
     log "[$(short "$old")] new container $(short "$new") started; waiting for HAProxy UP on $version"
     if ! why=$(wait_up "$new"); then
-      retire "$new" || true
-      fail "[$(short "$new")] $why; it was removed; deploy halted, still on the old version: $(ids "$old" "${rest[@]}")"
+      [ "$rollback" = 1 ] || { retire "$new" || true; fail "[$(short "$new")] $why; it was removed; deploy halted, still on the old version: $(ids "$old" "${rest[@]}")"; }
+      halt "[$(short "$new")] $why" "; untouched: $(ids "$old" "${rest[@]}")"
     fi
-    [ "$(up_except "$old")" -gt 0 ] || fail "[$(short "$old")] no other server is UP in HAProxy (not even $(short "$new")); nothing done to $(ids "$old" "${rest[@]}")"
+    watch_add "$new"
+    watch_check || halt "watch failed: $watch_why" "; untouched: $(ids "$old" "${rest[@]}")"   # keeps $old's last figures
+    [ "$(up_except "$old")" -gt 0 ] || halt "[$(short "$old")] no other server is UP in HAProxy (not even $(short "$new")); nothing done to $(ids "$old" "${rest[@]}")"
     log "[$(short "$old")] $(short "$new") UP on $version after $(since "$t0")s; stopping the old one (it drains first)"
     t1=$(date +%s.%N)
-    retire "$old" || fail "[$(short "$old")] docker stop failed"
+    retire "$old" || halt "[$(short "$old")] docker stop failed"
+    old_serving[${#old_serving[@]}-1]=""
     log "[$(short "$old")] old container drained and stopped in $(since "$t1")s"
   else
-    [ "$(up_except "$old")" -gt 0 ] || fail "[$(short "$old")] no other server is UP in HAProxy: stopping it would cut service; nothing done to $(ids "$old" "${rest[@]}")"
+    watch_check || halt "watch failed: $watch_why" "; untouched: $(ids "$old" "${rest[@]}")"
+    [ "$(up_except "$old")" -gt 0 ] || halt "[$(short "$old")] no other server is UP in HAProxy: stopping it would cut service; nothing done to $(ids "$old" "${rest[@]}")"
     log "[$(short "$old")] stopping (it drains first)"
-    retire "$old" || fail "[$(short "$old")] docker stop failed"
+    retire "$old" || halt "[$(short "$old")] docker stop failed"
     log "[$(short "$old")] old container drained and stopped in $(since "$t0")s; starting its replacement"
-    new=$(start_one) || fail "[$(short "$old")] could not start a replacement; untouched: $(ids "${rest[@]}")"
+    new=$(start_one) || halt "[$(short "$old")] could not start a replacement" "; untouched: $(ids "${rest[@]}")"
+    mark_fresh "$new"
+    changed+=("$new") old_serving+=("")
     if ! why=$(wait_up "$new"); then
-      fail "[$(short "$new")] $why; it stays (DOWN in HAProxy, sent nothing) for the next deploy to replace; deploy halted, still on the old version: $(ids "${rest[@]}")"
+      [ "$rollback" = 1 ] || fail "[$(short "$new")] $why; it stays (DOWN in HAProxy, sent nothing) for the next deploy to replace; deploy halted, still on the old version: $(ids "${rest[@]}")"
+      halt "[$(short "$new")] $why" "; untouched: $(ids "${rest[@]}")"
     fi
+    watch_add "$new"
     log "[$(short "$new")] UP on $version, $(since "$t0")s after the stop began"
   fi
 done
+if [ "$watch_s" -gt 0 ]; then
+  log "deploy $version: watching the new containers for ${watch_s}s"
+  watch_end=$(( $(date +%s) + watch_s ))
+  while [ "$(date +%s)" -lt "$watch_end" ]; do
+    watch_check || halt "watch failed: $watch_why" "; untouched: none"
+    sleep 0.5
+  done
+fi
 log "deploy $version: done, ${#old_ids[@]} containers in $(since "$began")s"

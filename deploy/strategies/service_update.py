@@ -36,7 +36,7 @@ STOPPED = ("paused", "rollback_paused")
 
 def update_command(
     engine: SwarmEngine, version: str | None, env: Mapping[str, str], order: str | None,
-    parallelism: int | None,
+    parallelism: int | None, monitor: float | None = None, failure_action: str | None = None,
 ) -> list[str]:
     """The `docker service update` that is the whole release. `--force`: every task is
     replaced even when nothing else changed (a restart on the same version)."""
@@ -54,6 +54,10 @@ def update_command(
         args += ["--update-order", order]
     if parallelism is not None:
         args += ["--update-parallelism", str(parallelism)]
+    if monitor is not None:  # rollout's --watch-for: how long Swarm watches each updated task
+        args += ["--update-monitor", f"{int(monitor * 1000)}ms"]
+    if failure_action is not None:  # rollback, or pause (rollout's --no-rollback)
+        args += ["--update-failure-action", failure_action]
     return [*args, engine.full_name(APP)]
 
 
@@ -65,11 +69,14 @@ def service_update(
     report: Callable[[Event], None],
     order: str | None = None,
     parallelism: int | None = None,
+    monitor: float | None = None,
+    failure_action: str | None = None,
 ) -> RestartResult:
     """Release `version` (None: the running one again) with Swarm's rolling update and watch it.
 
     `order` and `parallelism` (rollout's --surge and --max-unavailable) change the service's
-    update_config for this and later updates; None keeps the stack's. `timeout_s` is per batch
+    update_config for this and later updates; None keeps the stack's; so do `monitor` (rollout's
+    --watch-for) and `failure_action` (rollback, or pause for --no-rollback). `timeout_s` is per batch
     of `parallelism` tasks, as rollout's --restart-timeout is per instance."""
     result = RestartResult()
 
@@ -88,8 +95,10 @@ def service_update(
     versions = sorted({task.version or "?" for task in known.values() if task.live})
     previous = engine.update_status()
     began = time.monotonic()
-    deadline = began + timeout_s * (math.ceil(replicas / max(1, step)) + 1) + monitor_s(config)
-    engine.docker(*update_command(engine, version, env, order, parallelism), timeout_s=60)
+    watched = monitor if monitor is not None else monitor_s(config)
+    deadline = began + (timeout_s + watched) * (math.ceil(replicas / max(1, step)) + 1)
+    engine.docker(*update_command(engine, version, env, order, parallelism, monitor, failure_action),
+                  timeout_s=60)
     target = version
     emit(engine.full_name(APP), "restart",
          f"{', '.join(versions) or '?'} -> {version or 'the same version'}: Swarm's rolling update, "

@@ -203,6 +203,30 @@ def test_rollout_restart_to_a_version_under_load(healthy_stack: ComposeStack) ->
     assert up.low == 2  # stop-first, one at a time
 
 
+@pytest.mark.parametrize("stop_first", [False, True])
+def test_deploy_sh_rolls_back_a_release_that_crashes_after_up(healthy_stack: ComposeStack,
+                                                               stop_first: bool) -> None:
+    """The crash comes 2 s after ready: the watch (between steps and in the final window) sees
+    the restart, and every replaced container goes back to the old image, with the old
+    containers' variables (the crash setting does not come back with it)."""
+    stack = healthy_stack
+    result, run = load_during(stack.url, lambda: stack.deploy(
+        "e2e-crash-sh", *(["--stop-first"] if stop_first else []), "--watch", "8",
+        SERVICE_FAULT_CRASH_AFTER_S="2"), requests=8_000)
+    assert isinstance(run, subprocess.CompletedProcess)
+    assert run.returncode == 1, f"{run.stdout}\n{run.stderr}"
+    assert re.search(r"watch failed: \[\w{12}\] (restarted|left UP|went DOWN)", run.stderr), run.stderr
+    assert f"rolled back to {stack.version}" in run.stderr
+    assert "rollback FAILED" not in run.stderr
+    containers = stack.wait_up(3, timeout=60)
+    assert len(stack.containers(all=True)) == 3
+    assert set(stack.versions().values()) == {stack.version}
+    assert versions_now(stack.url) == {stack.version}
+    time.sleep(3)  # a rolled-back container that kept the crash setting would be restarting by now
+    assert {c.id for c in stack.wait_up(3, timeout=10)} == {c.id for c in containers}
+    assert result.failed < 60, dict(result.failures)  # what was in flight on crashing apps
+
+
 def test_rollout_deploy_of_a_release_that_crashes_after_up_rolls_back_by_itself(
         healthy_stack: ComposeStack) -> None:
     """Surge, each batch held 5 s (--min-ready): the new container crashes 2 s after it is
@@ -232,9 +256,9 @@ def test_rollout_deploy_of_a_release_that_crashes_after_up_rolls_back_by_itself(
 # named; surge removes the failed new container (the old one still serves).
 DEPLOYS: dict[str, Callable[..., subprocess.CompletedProcess[str]]] = {
     "deploy.sh": lambda stack, version, timeout, **env: stack.deploy(
-        version, "--timeout", str(timeout), **env),
+        version, "--timeout", str(timeout), "--no-rollback", **env),
     "deploy.sh --stop-first": lambda stack, version, timeout, **env: stack.deploy(
-        version, "--stop-first", "--timeout", str(timeout), **env),
+        version, "--stop-first", "--timeout", str(timeout), "--no-rollback", **env),
     # --no-rollback: the halt these tests compare (the rollback has its own test below)
     "rollout restart --surge": lambda stack, version, timeout, **env: stack.rollout(
         "restart", "--surge", "--version", version, "--restart-timeout", str(timeout), "--no-rollback",

@@ -1,0 +1,28 @@
+"""The `docker service update` that a Swarm deploy is: rollout's flags mapped onto Swarm's own."""
+
+from __future__ import annotations
+
+import pytest
+
+from deploy.errors import RolloutError
+from deploy.strategies.service_update import update_command
+
+
+class Stack:
+    @staticmethod
+    def full_name(service: str) -> str:
+        return f"zdh_{service}"
+
+
+def test_watch_for_and_no_rollback_become_swarms_monitor_and_failure_action() -> None:
+    command = update_command(Stack(), None, {}, "start-first", 2, monitor=7.5, failure_action="pause")  # type: ignore[arg-type]
+    assert command == ["service", "update", "--detach", "--force", "--update-order", "start-first",
+                       "--update-parallelism", "2", "--update-monitor", "7500ms",
+                       "--update-failure-action", "pause", "zdh_app"]
+
+
+def test_without_them_the_stack_files_settings_stay() -> None:
+    command = update_command(Stack(), None, {"A": "b c"}, None, None)  # type: ignore[arg-type]
+    assert command == ["service", "update", "--detach", "--force", "--env-add", "A=b c", "zdh_app"]
+    with pytest.raises(RolloutError, match="start-first or stop-first"):
+        update_command(Stack(), None, {}, "sideways", None)  # type: ignore[arg-type]
