@@ -454,6 +454,38 @@ def streams_part(data: dict[str, Any]) -> list[str]:
     return lines + prose(STREAMS_NOTES)
 
 
+RELEASE_NOTES = """
+- Crash: the release exits 2 s after every start (`SERVICE_FAULT_CRASH_AFTER_S=2`); watched with
+  `--min-ready 4`, so the deploy stops after its first batch. 500s: the release answers 500 to 30%
+  of `/cms` (`SERVICE_FAULT_ERROR_SHARE=0.3`); watched through `--canary 5,25,100`.
+- Unwatched: `--watch-for 0 --no-rollback`, what every deploy path did before: the crash release
+  reaches every instance, the 500 one too; nothing ends its time in service but the load's end.
+- Bad answers: the bad version's 200s plus its 500s, counted by the strict checker. Served: from
+  the first new instance UP until the rollback ended (watched) or the load ended (unwatched).
+- Failed: the bad release's own failures (its 500s; what was in flight on a crashing app); the
+  rollback itself fails none (tests/integration/test_release_safety.py counts its seconds).
+"""
+
+
+def release_part(data: dict[str, Any]) -> list[str]:
+    runs = data.get("runs", [])
+    lines = header(data, 7)
+    rows = []
+    for bad in ("crash", "500s"):
+        for variant in ("watched", "unwatched"):
+            chosen = where(runs, bad=bad, variant=variant)
+            if chosen:
+                served = [float(r["bad_served_s"]) for r in chosen if r.get("bad_served_s") is not None]
+                rows.append((bad, variant, len(chosen), spread(pick(chosen, "requests")),
+                             spread(pick(chosen, "bad_answers")),
+                             spread([100 * float(r["bad_share"]) for r in chosen], 1),
+                             spread(pick(chosen, "failed")), spread(served, 1),
+                             sum(1 for r in chosen if r.get("rolled_back"))))
+    lines += table(["release", "deploy", "runs", "requests", "bad answers", "bad share %", "failed",
+                    "bad version served s", "rolled back"], rows)
+    return lines + prose(RELEASE_NOTES)
+
+
 def method_part() -> list[str]:
     return ["## Method", "", *prose(METHOD)]
 
@@ -478,5 +510,7 @@ def render(results: dict[str, Any]) -> str:
         lines += surge_part(section(results, "surge"))
     if section(results, "streams"):
         lines += streams_part(section(results, "streams"))
+    if section(results, "release"):
+        lines += release_part(section(results, "release"))
     lines += method_part()
     return "\n".join(lines).rstrip() + "\n"

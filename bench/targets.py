@@ -32,6 +32,8 @@ TARGETS = {
                      "(section 6)",
     "streams_deploy": f"the deploy with those clients <= {STREAMS_FACTOR}x the same deploy without them "
                       "(section 6)",
+    "bad_release": "a bad release (crash after UP; 500s) is rolled back by the deploy itself in every run, "
+                   "and answers at most a tenth of what it answers unwatched (section 7)",
     "surge_scale": f"surge, 3 at a time: deploy time grows about as N/3 (seconds per step within "
                    f"{SCALE_STEP_SPREAD}x from 3 to 24 instances; section 5(c))",
 }
@@ -353,6 +355,26 @@ def streams_deploy(results: dict[str, Any]) -> dict[str, object] | None:
     return {"target": TARGETS["streams_deploy"], "measured": measured, "met": met, "why": why}
 
 
+def bad_release(results: dict[str, Any]) -> dict[str, object] | None:
+    runs = section(results, "release").get("runs", [])
+    if not runs:
+        return None
+    parts, met = [], True
+    for bad in ("crash", "500s"):
+        watched = where(runs, bad=bad, variant="watched")
+        unwatched = where(runs, bad=bad, variant="unwatched")
+        if not watched or not unwatched:
+            continue
+        with_watch = median(pick(watched, "bad_answers")) or 0
+        without = median(pick(unwatched, "bad_answers")) or 0
+        rolled = sum(1 for r in watched if r.get("rolled_back"))
+        met = met and rolled == len(watched) and with_watch <= without / 10
+        parts.append(f"{bad}: {with_watch:.0f} bad answers watched against {without:.0f} unwatched "
+                     f"(medians), rolled back {rolled}/{len(watched)}")
+    return {"target": TARGETS["bad_release"], "measured": "; ".join(parts), "met": met,
+            "why": "" if met else "see section 7"}
+
+
 CHECKS: tuple[tuple[Callable[[dict[str, Any]], dict[str, object] | None], tuple[str, ...]], ...] = (
     (zero_failures, ("original", "usual", "agent", "surge", "streams")),
     (overhead, ("original", "usual", "agent")),
@@ -364,6 +386,7 @@ CHECKS: tuple[tuple[Callable[[dict[str, Any]], dict[str, object] | None], tuple[
     (surge_scale, ("surge",)),
     (streams_whole, ("streams",)),
     (streams_deploy, ("streams",)),
+    (bad_release, ("release",)),
 )
 
 

@@ -288,3 +288,22 @@ def test_streams_whole(slow: int, whole: bool, met: bool) -> None:
     good = "1/1" if whole else "0/1"
     row = f"| with | 1 | 5.00 | 10000 | 0 | 6000 | 1500 | {good} runs | 150 | 200 / {1500 if slow else 600} | 300 / 700 | {slow} |"
     assert row in report.render(found)
+
+
+def release_run(bad: str, variant: str, answers: int, rolled_back: bool) -> Record:
+    return {"bad": bad, "variant": variant, "requests": 20_000, "failed": answers // 3, "bad_answers": answers,
+            "bad_share": answers / 20_000, "bad_served_s": 3.0 if rolled_back else 20.0,
+            "rolled_back": rolled_back, "run": 0}
+
+
+@pytest.mark.parametrize(("watched_answers", "rolled_back", "met"), [
+    (100, True, True), (100, False, False), (2_000, True, False)])
+def test_the_bad_release_target_needs_a_rollback_and_a_tenth_of_the_exposure(
+        watched_answers: int, rolled_back: bool, met: bool) -> None:
+    runs = [release_run(bad, "watched", watched_answers, rolled_back) for bad in ("crash", "500s")]
+    runs += [release_run(bad, "unwatched", 10_000, False) for bad in ("crash", "500s")]
+    verdict = targets.bad_release({"sections": {"release": {"runs": runs}}})
+    assert verdict is not None and verdict["met"] is met
+    assert "crash: " in str(verdict["measured"]) and "500s: " in str(verdict["measured"])
+    rendered = "\n".join(report.release_part({"title": "t", "runs": runs}))
+    assert "| crash | watched | 1 |" in rendered and "| 500s | unwatched | 1 |" in rendered
