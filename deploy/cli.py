@@ -29,6 +29,7 @@ from deploy.engines.local import REFERENCE_SERVICE, LocalEngine, LocalStack, app
 from deploy.engines.swarm import SwarmEngine
 from deploy.errors import RolloutError
 from deploy.history import History, table
+from deploy.lock import LOCK_NAME, deploy_lock
 from deploy.model import Event, RestartResult
 from deploy.strategies import bluegreen
 from deploy.strategies.rolling import batch_size, read_servers, row_of, run_plan, wait_ready
@@ -429,6 +430,19 @@ def run_restart(engine: Engine, args: argparse.Namespace, env: dict[str, str],
     return result
 
 
+MUTATING = ("down", "deploy", "restart", "undo", "release", "switch", "reload")  # `up`: while it starts
+
+
+def lock_path(engine: Engine, args: argparse.Namespace) -> Path:
+    """The stack's deploy lock: beside the local stack's state; beside the compose file, named
+    after the project (deploy.sh takes the same one); in --state-dir for a Swarm stack."""
+    if engine.name == "local":
+        return engine.root / LOCK_NAME
+    if isinstance(engine, DockerEngine):
+        return engine.compose_file.parent / f".zdh-deploy-{engine.stack_id}.lock"
+    return Path(args.state_dir) / f".zdh-deploy-{engine.name}-{engine.stack_id}.lock"
+
+
 def history_of(engine: Engine, args: argparse.Namespace) -> History:
     """Where the stack's history lives: the local stack's state directory; for the other
     engines a file named after the engine and the stack (compose project, Swarm stack) in
@@ -444,6 +458,12 @@ def print_event(event: Event) -> None:
 
 
 def cmd_up(engine: Engine, args: argparse.Namespace) -> int:
+    with deploy_lock(lock_path(engine, args)):  # while it starts; not for a foreground up's life
+        start_stack(engine, args)
+    return 0 if args.detach else run_in_foreground(engine)
+
+
+def start_stack(engine: Engine, args: argparse.Namespace) -> None:
     if engine.is_up():
         raise RolloutError(f"a stack is already running from {engine.root}; `rollout down` first")
     say(f"starting HAProxy and the instances from {engine.root} ...")
@@ -459,8 +479,9 @@ def cmd_up(engine: Engine, args: argparse.Namespace) -> int:
     history = history_of(engine, args)
     history.end(history.begin("up", release, None), "ok")
     say(f"up: {engine.frontend_url()}/cms  (stats {engine.stats_url().split(';')[0]})")
-    if args.detach:
-        return 0
+
+
+def run_in_foreground(engine: Engine) -> int:
     say("running in the foreground; Ctrl-C stops the stack")
     # A plain list, not an Event: a handler that ran while Event.wait held its own lock would
     # deadlock on set().
@@ -643,33 +664,41 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise RolloutError("--report draws timeline.png with matplotlib, which is not installed: "
                                "pip install 'zero-downtime-haproxy[report]'", exit_code=2)
         engine = make_engine(args)
-        if args.command == "up":
-            return cmd_up(engine, args)
-        if args.command == "down":
-            engine.down()
-            say("down")
-            return 0
-        if not engine.is_up():
-            raise RolloutError(f"the stack in {engine.root} is not running; `rollout up` first")
-        if args.command == "status":
-            return cmd_status(engine)
-        if args.command == "reload":
-            for line in engine.reload():
-                print(line)
-            return 0
-        if args.command == "restart":
-            return cmd_restart(engine, args)
-        if args.command == "deploy":
-            return cmd_restart(engine, args, args.version)
-        if args.command == "undo":
-            return cmd_undo(engine, args)
-        if args.command == "history":
-            return cmd_history(engine, args)
-        if args.command in ("switch", "release"):
-            return cmd_switch(engine, args) if args.command == "switch" else cmd_release(engine, args)
-        return cmd_check(engine, args)
+        if args.command in MUTATING or (args.command == "check" and args.restart):
+            with deploy_lock(lock_path(engine, args)):
+                return dispatch(engine, args)
+        return dispatch(engine, args)
     except RolloutError as exc:
         say(f"rollout: {exc}")
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+
+
+def dispatch(engine: Engine, args: argparse.Namespace) -> int:
+    """One command on the stack (a mutating one holds the stack's deploy lock)."""
+    if args.command == "up":
+        return cmd_up(engine, args)
+    if args.command == "down":
+        engine.down()
+        say("down")
+        return 0
+    if not engine.is_up():
+        raise RolloutError(f"the stack in {engine.root} is not running; `rollout up` first")
+    if args.command == "status":
+        return cmd_status(engine)
+    if args.command == "reload":
+        for line in engine.reload():
+            print(line)
+        return 0
+    if args.command == "restart":
+        return cmd_restart(engine, args)
+    if args.command == "deploy":
+        return cmd_restart(engine, args, args.version)
+    if args.command == "undo":
+        return cmd_undo(engine, args)
+    if args.command == "history":
+        return cmd_history(engine, args)
+    if args.command in ("switch", "release"):
+        return cmd_switch(engine, args) if args.command == "switch" else cmd_release(engine, args)
+    return cmd_check(engine, args)

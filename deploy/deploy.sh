@@ -81,6 +81,7 @@ since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; 
 
 read -r -a old_ids <<<"$(docker compose ps -q "$service" 2>/dev/null | tr '\n' ' ')"
 [ "${#old_ids[@]}" -gt 0 ] || fail "no running container of '$service'; start the stack with: docker compose up -d --wait"
+
 # `up --scale N+1` starts a stopped container of the service (old version, old settings) before
 # it creates a new one, and fails on a paused one: refuse both up front.
 stopped=$(docker compose ps -a --status exited --status created --status dead --format '{{.Name}}' "$service" | tr '\n' ' ')
@@ -98,6 +99,18 @@ fi
 [[ $version =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]] \
   || { echo "deploy.sh: version '$version' is not a valid image tag" >&2; exit 2; }
 export SERVICE_VERSION=$version   # the compose file tags the image and sets the app's version with it
+
+# One deploy at a time per compose project, with `rollout --engine docker` too: an flock on
+# .zdh-deploy-<project>.lock beside the compose file (the kernel drops it when we die, however).
+command -v flock >/dev/null || fail "flock (util-linux) is needed: apt-get install util-linux"
+project=$(docker inspect -f '{{index .Config.Labels "com.docker.compose.project"}}' "${old_ids[0]}")
+first_file=${COMPOSE_FILE:-$PWD/docker-compose.yml}
+lockfile="$(dirname "${first_file%%:*}")/.zdh-deploy-$project.lock"
+exec 9<>"$lockfile" || fail "cannot open the deploy lock $lockfile"
+flock -n 9 || fail "another deploy holds this stack: $(head -c 300 "$lockfile"); wait for it, or stop that process (the lock goes with it: $lockfile)"
+lock_info="{\"pid\": $$, \"host\": \"$(hostname)\", \"command\": \"deploy.sh ${version:-}\", \"since\": $(date +%s)"
+printf '%s}\n' "$lock_info" >"$lockfile"
+trap 'printf "%s, \"done\": true}\n" "$lock_info" >"$lockfile"' EXIT
 
 # Where HAProxy's stats page is published (the compose file says 127.0.0.1:${ZDH_STATS_PORT:-8404}).
 stats_addr=$(docker compose port haproxy 8404 2>/dev/null || true)
@@ -294,7 +307,7 @@ fi
 
 log "deploy $version: building the image ..."
 build_log=$(mktemp)
-trap 'rm -f "$build_log"' EXIT
+trap 'rm -f "$build_log"; printf "%s, \"done\": true}\n" "$lock_info" >"$lockfile"' EXIT
 docker compose build "$service" >"$build_log" 2>&1 || { cat "$build_log" >&2; fail "image build failed"; }
 log "deploy $version: image built in $(since "$began")s; replacing ${#old_ids[@]} containers ($([ -n "$surge" ] && echo surge || echo stop-first))"
 

@@ -153,3 +153,31 @@ def test_watch_flags_are_refused_where_they_mean_nothing(tmp_path: Path, stack_f
         assert run.returncode in (1, 2) and says in run.stderr, (args, run.stderr)
         assert "Traceback" not in run.stderr
     all_up_on(engine, "v1")
+
+
+def test_a_second_deploy_half_a_second_later_is_refused_naming_the_first(stack_factory) -> None:  # type: ignore[no-untyped-def]
+    engine = stack_factory()
+    seen: dict[str, object] = {}
+
+    def two_deploys() -> subprocess.CompletedProcess[str]:
+        first = subprocess.Popen([str(BIN / "rollout"), "--state-dir", str(engine.root), "deploy", "v2",
+                                  "--watch-for", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(0.5)
+        began = time.monotonic()
+        seen["second"] = rollout(engine, "deploy", "v3")
+        seen["second_s"] = time.monotonic() - began
+        seen["first_pid"] = first.pid
+        out, err = first.communicate(timeout=120)
+        return subprocess.CompletedProcess(first.args, first.returncode, out, err)
+
+    result, first = load_during(engine.frontend_url(), two_deploys, requests=10_000, slow_ms=100)
+    assert isinstance(first, subprocess.CompletedProcess)
+    second = seen["second"]
+    assert isinstance(second, subprocess.CompletedProcess)
+    assert second.returncode == 1 and float(seen["second_s"]) < 1.0, (second.stderr, seen["second_s"])  # type: ignore[arg-type]
+    assert f"another deploy holds this stack: pid {seen['first_pid']} on " in second.stderr
+    assert "deploy v2" in second.stderr
+    assert first.returncode == 0, first.stderr
+    assert result.failed == 0, result.failures
+    all_up_on(engine, "v2")
+    assert "v3" not in result.versions
