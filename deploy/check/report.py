@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.check.loadcheck import LedgerCheck, LoadPlan, LoadResult, Second, percentile
-from deploy.strategies.rolling import Event, RestartResult
+from deploy.model import Event, RestartResult
 
 
 def summary(
@@ -83,7 +83,11 @@ def write_report(
         ]
 
     events = as_dicts(restart.events if restart else [])
-    marks = as_dicts(instance_events or []) or events
+    # The deploy's own steps (watch windows, canary shares, a failed watch, the rollback) are
+    # marked too, beside the agents' events.
+    steps = [e for e in events if e["instance"] == DEPLOY_STEP]
+    marks = (sorted(as_dicts(instance_events) + steps, key=lambda e: float(str(e["t"])))
+             if instance_events else events)
     data = {
         "plan": asdict(plan),
         "started": result.started,
@@ -137,6 +141,16 @@ def write_report(
     return written
 
 
+DEPLOY_STEP = "deploy"  # Event.instance of the deploy's own steps (deploy.core.deploy.emit_all)
+
+
+def mark_label(event: dict[str, Any]) -> str:
+    if event["instance"] == DEPLOY_STEP:
+        detail = str(event.get("detail", ""))
+        return f"{event['event']} {detail.split(' of the traffic')[0].split(':')[0]}"[:40]
+    return f"{event['instance']} {event['event']}"
+
+
 def plot_timeline(data: dict[str, Any], path: Path) -> None:
     """Requests/s, failures and p99 per second; restart events as marks; versions as a band.
     Needs matplotlib (the `report` extra; `rollout check --report` says so before it starts)."""
@@ -162,10 +176,12 @@ def plot_timeline(data: dict[str, Any], path: Path) -> None:
     colors = {"restart": "tab:purple", "drain": "tab:purple", "drained": "tab:blue", "stopped": "tab:gray",
               "started": "tab:gray", "ready": "tab:green", "up": "tab:green", "failed": "tab:red",
               "drain-timeout": "tab:red",
-              "notify": "tab:cyan", "ws-reconnect": "tab:olive", "sse-reconnect": "tab:olive"}
+              "notify": "tab:cyan", "ws-reconnect": "tab:olive", "sse-reconnect": "tab:olive",
+              "watch": "tab:brown", "watch-passed": "tab:green", "watch-failed": "tab:red",
+              "canary": "tab:pink", "rollback": "tab:red"}
     for event in data["instance_events"]:
         ax.axvline(event["t"], color=colors.get(event["event"], "black"), linestyle="--", linewidth=0.8)
-        ax.annotate(f"{event['instance']} {event['event']}", (event["t"], 0), rotation=90, fontsize=7,
+        ax.annotate(mark_label(event), (event["t"], 0), rotation=90, fontsize=7,
                     xytext=(2, 4), textcoords="offset points", va="bottom")
     handles = ax.get_legend_handles_labels()[0] + latency.get_legend_handles_labels()[0]
     ax.legend(handles=handles, loc="upper right", fontsize=8)

@@ -38,7 +38,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from deploy.check.loadcheck import percentile
-from deploy.strategies.rolling import Event
+from deploy.model import Event
 from service.streams import event_value
 
 T = TypeVar("T")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from agent.events import parse_log
 from deploy.engines.base import Engine
-from deploy.strategies.rolling import Event
+from deploy.model import Event
 
 # agent event -> the name on the timeline
 MARKED = {

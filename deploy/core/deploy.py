@@ -34,6 +34,7 @@ from deploy.errors import RolloutError
 from deploy.model import Event, Instance, Release, RestartResult
 
 POLL_S = 0.05
+LIVES_EVERY_S = 0.5  # how often the engine is asked whether a watched instance restarted
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ class Deploy:
         self.stats: list[ServerStat] = []
         self.target: str | None = None  # the version new instances must run
         self.watching = plan.watch_s > 0 or plan.min_ready_s > 0  # off while rolling back
+        self.lives_asked = float("-inf")
 
     # -- the deploy ----------------------------------------------------------------------
 
@@ -256,7 +258,11 @@ class Deploy:
                                "its replacement is UP and serves")
                 self.emit(change.old, "stopped", "drained and stopped")
         if self.watching:
-            why = self.watch.observe(self.stats, self.fleet.incarnations(self.watch.instances))
+            lives: Mapping[str, str] = {}
+            if self.watch.new and self.clock.monotonic() - self.lives_asked >= LIVES_EVERY_S:
+                lives = self.fleet.incarnations(self.watch.instances)
+                self.lives_asked = self.clock.monotonic()
+            why = self.watch.observe(self.stats, lives)
             if why is not None:
                 self.emit_all("watch-failed", why)
                 raise Halt(f"watch failed: {why}")

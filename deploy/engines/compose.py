@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from deploy.colormap import COLORS, read_map, write_map
 from deploy.engines.base import (
     BACKEND,
     Finished,
@@ -39,7 +40,6 @@ from deploy.engines.base import (
     worker_pid,
 )
 from deploy.errors import RolloutError
-from deploy.strategies import bluegreen
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
@@ -112,7 +112,7 @@ class DockerEngine:
     # -- Engine --------------------------------------------------------------------------
 
     def services(self) -> tuple[str, ...]:
-        return bluegreen.COLORS if self.blue_green else (SERVICE,)
+        return COLORS if self.blue_green else (SERVICE,)
 
     def instances(self) -> list[Instance]:
         """Every container of the app service(s), oldest first: running ones, and stopped ones
@@ -159,7 +159,7 @@ class DockerEngine:
         # One build per distinct image tag (compose would build blue and green in parallel,
         # twice the work when both pools are on the same version).
         services = self.config().get("services", {})
-        builders = {str(services[s].get("image")): s for s in reversed(bluegreen.COLORS)}
+        builders = {str(services[s].get("image")): s for s in reversed(COLORS)}
         self.run("build", *sorted(builders.values()), timeout_s=UP_TIMEOUT_S)
         self.run("up", "-d", "--wait", timeout_s=UP_TIMEOUT_S)
         self._addresses.clear()
@@ -413,13 +413,13 @@ class DockerEngine:
             path.parent.mkdir(parents=True)
             path.parent.chmod(0o755)
         if not path.exists():
-            bluegreen.write_map(path, bluegreen.COLORS[0])
+            write_map(path, COLORS[0])
             path.chmod(0o644)
         for item, bits, fix in ((path.parent, 0o005, "o+rx"), (path, 0o004, "o+r")):
             if item.stat().st_mode & bits != bits:
                 raise RolloutError(f"{item} must be readable by HAProxy in its container (uid 99): "
                                    f"chmod {fix} {item}")
-        bluegreen.file_color(self)  # a damaged file: refuse now, not with HAProxy sending 503s
+        read_map(self.color_map)  # a damaged file: refuse now, not with HAProxy sending 503s
 
     def color_map_paths(self) -> tuple[Path, str]:
         ref = str(self.haproxy_environment().get("HAPROXY_COLOR_MAP") or "")

@@ -11,21 +11,18 @@ back by itself when it fails.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
+from deploy.colormap import COLORS, MAP_KEY, read_map, write_map
 from deploy.core.analysis import Thresholds
 from deploy.core.watch import Watch
 from deploy.engines.base import Engine, Instance
 from deploy.errors import RolloutError
 from deploy.strategies.rolling import Event, read_servers, rolling_restart, row_of
 
-COLORS = ("blue", "green")
-MAP_KEY = "active"
+__all__ = ["COLORS", "MAP_KEY", "active_color", "file_color", "release", "switch", "write_map"]
 
 
 @dataclass
@@ -46,11 +43,7 @@ def check_color(color: str) -> str:
 
 
 def file_color(engine: Engine) -> str:
-    for line in engine.color_map.read_text().splitlines():
-        key, _, value = line.partition(" ")
-        if key == MAP_KEY and value.strip() in COLORS:
-            return value.strip()
-    raise RolloutError(f"{engine.color_map} has no '{MAP_KEY} blue|green' line")
+    return read_map(engine.color_map)
 
 
 def active_color(engine: Engine) -> str:
@@ -63,23 +56,6 @@ def active_color(engine: Engine) -> str:
     raise RolloutError(
         f"HAProxy's map {engine.color_map_ref} has no '{MAP_KEY}' entry: {reply.strip()[:200]!r}"
     )
-
-
-def write_map(path: Path, color: str) -> None:
-    """Atomically: a reader (HAProxy at start) sees the old file or the new one, never half.
-
-    The file stays readable by HAProxy (0644) whatever the umask: an unreadable map would
-    keep HAProxy from starting at all."""
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(fd, "w") as handle:
-            handle.write(f"{MAP_KEY} {color}\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise RolloutError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def switch(

@@ -222,6 +222,9 @@ class ComposeStack:
             "ZDH_STATS_PORT": str(self.stats_port),
             "ZDH_IMAGE": self.image,
             "SERVICE_VERSION": "e2e-v1",
+            # Every deploy is watched, for 3 s after it here (the default 10 s is tested locally).
+            "ROLLOUT_WATCH_FOR": "3",
+            "DEPLOY_WATCH": "3",
         }
         for name in ("SERVICE_WARMUP_S", "SERVICE_HOST", "DRAIN_AGENT_START_TIMEOUT", "DEPLOY_TIMEOUT",
                      "ZDH_BIND", "ZDH_COLOR_DIR", "BLUE_VERSION", "GREEN_VERSION", "ROLLOUT_ENGINE",

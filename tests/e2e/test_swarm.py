@@ -416,6 +416,22 @@ def test_rollout_restart_on_swarm_says_swarm_rolled_back_a_release_that_never_ge
     stack.wait_release(version)
 
 
+def test_rollout_deploy_on_swarm_rolls_back_a_release_that_crashes_after_up(serving: SwarmStack) -> None:
+    """The release gets ready, then exits 2 s after every start: Swarm's monitor (the stack's
+    5 s) sees the task fail and its failure_action rolls the update back; rollout says so."""
+    stack = serving
+    version = stack.live()[0].version
+    assert version is not None
+    results, run = load_both(stack.urls, lambda: stack.rollout(
+        "deploy", "e2e-crash", "--env", "SERVICE_FAULT_CRASH_AFTER_S=2"), requests=3_000)
+    assert isinstance(run, subprocess.CompletedProcess)
+    assert run.returncode == 1, run.stderr
+    assert "Swarm rolled the update back" in run.stderr
+    stack.wait_release(version)
+    for result in results:  # what was in flight on the crashing task, at most
+        assert result.failed < 30, dict(result.failures)
+
+
 def test_haproxy_reloads_under_load_fail_nothing(serving: SwarmStack) -> None:
     """Three reloads of both HAProxies (master-worker, SIGUSR2, listeners handed over): each a
     new worker, no task restarted, nothing failed on either frontend.

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from deploy.check.loadcheck import LedgerCheck, LoadPlan, LoadResult, Second
 from deploy.check.report import summary, write_report
-from deploy.strategies.rolling import Event, RestartResult
+from deploy.model import Event, RestartResult
 
 
 def sample() -> tuple[LoadResult, RestartResult]:
@@ -62,3 +62,16 @@ def test_report_without_matplotlib_says_what_to_install(tmp_path, monkeypatch, c
     assert cli.main(["--state-dir", str(tmp_path), "check", "--report", str(tmp_path / "r")]) == 2
     assert "pip install 'zero-downtime-haproxy[report]'" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_the_deploys_own_steps_are_marked_beside_the_agents_events(tmp_path: Path) -> None:
+    result, restart = sample()
+    restart.events += [Event(1001.6, "deploy", "canary", "5% of the traffic to 1 new instance(s): weight 3"),
+                       Event(1002.0, "deploy", "watch-failed", "[app4] error share 30.0%"),
+                       Event(1002.1, "deploy", "rollback", "1 instance(s) back")]
+    agents = [Event(1001.2, "app1", "drain")]
+    write_report(tmp_path, result, None, restart, LoadPlan(url="http://127.0.0.1:1/cms", requests=30), agents)
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert [(m["instance"], m["event"]) for m in data["instance_events"]] == [
+        ("app1", "drain"), ("deploy", "canary"), ("deploy", "watch-failed"), ("deploy", "rollback")]
+    assert "| 1.6 | deploy | canary | 5% of the traffic" in (tmp_path / "report.md").read_text()
