@@ -131,6 +131,17 @@ def service_update(
                                                 for task in live)
         released = (serving and not any(task.id in old for task in live)
                     and all(seen.get(task.id) == "ready" for task in live))
+        running = sorted({task.version or "?" for task in live})
+        if (current is not None and current.state == "completed" and serving and version is not None
+                and not any(task.id in old for task in live) and running != [version]):
+            # Seen on Docker 20.10: a task that crashed within the monitor made Swarm put the
+            # previous spec back, and it then called the update "completed".
+            emit(engine.full_name(APP), "failed", f"Swarm rolled the update back: the tasks run "
+                 f"{', '.join(running)}, not {version}")
+            result.error = (f"Swarm rolled the update back: its tasks run {', '.join(running)} again, not "
+                            f"{version} (Swarm says {current.state}: {current.message or 'no message'}); "
+                            f"see docker service ps {engine.full_name(APP)}")
+            return result
         if current is not None and current.state == "completed" and released:
             emit(engine.full_name(APP), "done", f"{replicas} tasks on {version or 'the same version'}, "
                  f"UP in every HAProxy; Swarm's update took {current.completed - current.started:.1f}s "
