@@ -28,11 +28,12 @@ from deploy.engines.local import LocalEngine
 
 KEY = "release"
 TITLE = "A bad release: watched and rolled back, against unwatched"
-BAD = {
-    "crash": ["--env", "SERVICE_FAULT_CRASH_AFTER_S=2", "--min-ready", "4"],
-    "500s": ["--env", "SERVICE_FAULT_ERROR_SHARE=0.3", "--canary", "5,25,100"],
-}
-VARIANTS = {"watched": ["--watch-for", "5"], "unwatched": ["--watch-for", "0", "--no-rollback"]}
+BAD = {"crash": ["--env", "SERVICE_FAULT_CRASH_AFTER_S=2"],
+       "500s": ["--env", "SERVICE_FAULT_ERROR_SHARE=0.3"]}
+WATCHED = {"crash": ["--watch-for", "5", "--min-ready", "4"],
+           "500s": ["--watch-for", "5", "--canary", "5,25,100"]}
+UNWATCHED = ["--watch-for", "0", "--no-rollback"]
+VARIANTS = ("watched", "unwatched")
 STAMP = re.compile(r"^(\d\d:\d\d:\d\d\.\d\d\d) \[([^\]]+)\] (\w[\w-]*)", re.M)
 
 
@@ -57,7 +58,8 @@ def one(engine: LocalEngine, bad: str, variant: str, version: str, duration_s: f
 
     def deploy() -> None:
         time.sleep(1.0)
-        runs.append(rollout(engine, "deploy", version, *BAD[bad], *VARIANTS[variant]))
+        watch = WATCHED[bad] if variant == "watched" else UNWATCHED
+        runs.append(rollout(engine, "deploy", version, *BAD[bad], *watch))
         done.set()
 
     thread = threading.Thread(target=deploy)
@@ -73,6 +75,8 @@ def one(engine: LocalEngine, bad: str, variant: str, version: str, duration_s: f
     ended = max((at for at, _, _ in events), default=None) if rolled_back else None
     served_s = ((ended or load.started + load.elapsed_s) - first_up) if first_up else None
     bad_answers = load.versions.get(version, 0) + load.failures.get("http 500", 0)
+    if first_up is None:
+        raise RuntimeError(f"the {bad} release ({variant}) never got UP: {run.stderr.strip()[-300:]}")
     return {"bad": bad, "variant": variant, "exit": run.returncode, "requests": load.total,
             "failed": load.failed, "failures": dict(load.failures), "bad_answers": bad_answers,
             "bad_share": round(bad_answers / max(1, load.total), 4),
