@@ -1,0 +1,122 @@
+"""Which stack a `rollout` command works on, from the flags: its engine, its deploy lock and
+its history file."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from deploy.cli_args import READY_PATH, env_default
+from deploy.engines.base import Engine
+from deploy.engines.compose import DockerEngine, find_stack
+from deploy.engines.local import LocalEngine, LocalStack, app_argv
+from deploy.engines.swarm import SwarmEngine
+from deploy.errors import RolloutError
+from deploy.history import History
+from deploy.lock import LOCK_NAME
+
+
+def make_engine(args: argparse.Namespace) -> Engine:
+    """The one place `--engine` is read: every command works on the Engine this returns."""
+    if args.engine == "docker":
+        return make_docker_engine(args)
+    if args.engine == "swarm":
+        return make_swarm_engine(args)
+    return make_local_engine(args)
+
+
+def make_local_engine(args: argparse.Namespace) -> LocalEngine:
+    """`up`: a new stack from the flags (checked here); the other commands: the saved one."""
+    if args.command == "up":
+        if not 2 <= args.instances <= 64:
+            raise RolloutError(f"--instances {args.instances}: must be 2..64", exit_code=2)
+        for flag, port, count in (("--port", args.port, 1), ("--stats-port", args.stats_port, 1),
+                                  ("--app-base-port", args.app_base_port, args.instances),
+                                  ("--agent-base-port", args.agent_base_port, args.instances)):
+            if not 0 < port <= 65536 - count:
+                raise RolloutError(f"{flag} {port}: not a usable TCP port", exit_code=2)
+        if not app_argv(args.app_command, 1):
+            raise RolloutError("--app-command is empty", exit_code=2)
+        if not READY_PATH.fullmatch(args.ready_path):
+            raise RolloutError(f"--ready-path {args.ready_path[:80]!r}: expected a path such as "
+                               "/healthz (letters, digits, '/', '.', '_', '-', '~')", exit_code=2)
+        if not 0 < args.start_timeout <= 3600:
+            raise RolloutError(f"--start-timeout {args.start_timeout}: must be 0..3600 s", exit_code=2)
+        stack = LocalStack(
+            state_dir=args.state_dir, port=args.port, stats_port=args.stats_port,
+            instances=args.instances,
+            app_base_port=args.app_base_port, agent_base_port=args.agent_base_port,
+            version=args.version, agent=not args.no_agent,
+            app_command=args.app_command, app_dir=os.getcwd(), ready_path=args.ready_path,
+            start_timeout_s=args.start_timeout,
+            blue_green=args.blue_green,
+            retry_on=args.retry_on, retries=args.retries,
+        )
+        return LocalEngine(stack)
+    return LocalEngine(LocalStack.load(args.state_dir))
+
+
+def make_docker_engine(args: argparse.Namespace) -> DockerEngine:
+    """`up` flags become the compose file's variables (ZDH_PORT, ZDH_STATS_PORT, SERVICE_VERSION,
+    or BLUE_VERSION and GREEN_VERSION with --blue-green); a flag left at its default does not
+    override the variable already in the environment. `up --blue-green` uses
+    docker-compose.bluegreen.yml; the other commands find which of the two files has the stack."""
+    env: dict[str, str] = {}
+    if args.command != "up":
+        return find_stack(env)
+    if args.no_agent or args.instances != 3:
+        raise RolloutError("--no-agent and --instances: local engine only (the compose files run "
+                           "the app service(s) under drain-agent; scale with `docker compose up "
+                           "--scale app=N`)", exit_code=2)
+    versions = ("BLUE_VERSION", "GREEN_VERSION") if args.blue_green else ("SERVICE_VERSION",)
+    for value, default, var in (
+        (args.port, int(env_default("PORT", "8785")), "ZDH_PORT"),
+        (args.stats_port, int(env_default("STATS_PORT", "8404")), "ZDH_STATS_PORT"),
+        *((args.version, "v1", version) for version in versions),
+    ):
+        if value != default or var not in os.environ:
+            env[var] = str(value)
+    return DockerEngine(env=env, blue_green=args.blue_green)
+
+
+def make_swarm_engine(args: argparse.Namespace) -> SwarmEngine:
+    """`up` flags become deploy/stack.yml's variables: ZDH_PORT and ZDH_STATS_PORT (haproxy-a;
+    haproxy-b's are ZDH_PORT_B and ZDH_STATS_PORT_B), SERVICE_VERSION, ZDH_REPLICAS
+    (--instances); a flag left at its default does not override the variable already set."""
+    env: dict[str, str] = {}
+    if args.command == "up":
+        if args.no_agent or args.blue_green:
+            raise RolloutError("--no-agent and --blue-green: not on Swarm (deploy/stack.yml runs "
+                               "one app service, each task under drain-agent)", exit_code=2)
+        for value, default, var in (
+            (args.port, int(env_default("PORT", "8785")), "ZDH_PORT"),
+            (args.stats_port, int(env_default("STATS_PORT", "8404")), "ZDH_STATS_PORT"),
+            (args.version, "v1", "SERVICE_VERSION"),
+            (args.instances, 3, "ZDH_REPLICAS"),
+        ):
+            if value != default or var not in os.environ:
+                env[var] = str(value)
+    return SwarmEngine(env=env)
+
+
+MUTATING = ("down", "deploy", "restart", "undo", "release", "switch", "reload")  # `up`: while it starts
+
+
+def lock_path(engine: Engine, args: argparse.Namespace) -> Path:
+    """The stack's deploy lock: beside the local stack's state; beside the compose file, named
+    after the project (deploy.sh takes the same one); in --state-dir for a Swarm stack."""
+    if engine.name == "local":
+        return engine.root / LOCK_NAME
+    if isinstance(engine, DockerEngine):
+        return engine.compose_file.parent / f".zdh-deploy-{engine.stack_id}.lock"
+    return Path(args.state_dir) / f".zdh-deploy-{engine.name}-{engine.stack_id}.lock"
+
+
+def history_of(engine: Engine, args: argparse.Namespace) -> History:
+    """Where the stack's history lives: the local stack's state directory; for the other
+    engines a file named after the engine and the stack (compose project, Swarm stack) in
+    --state-dir."""
+    if engine.name == "local":
+        return History(engine.root / "history.json")
+    return History(Path(args.state_dir) / f"{engine.name}-{engine.stack_id}-history.json")
