@@ -215,9 +215,28 @@ def cmd_restart(engine: Engine, args: argparse.Namespace, version: str | None = 
 
 
 def cmd_undo(engine: Engine, args: argparse.Namespace) -> int:
+    if isinstance(engine, SwarmEngine):
+        return swarm_undo(engine, args)
     entry, release = history_of(engine, args).undo_target()
     say(f"undo #{entry.number} ({entry.release}): back to {release}")
     return cmd_restart(engine, args, release.version, dict(release.env))
+
+
+def swarm_undo(engine: SwarmEngine, args: argparse.Namespace) -> int:
+    """Swarm keeps the spec before the last update (version and environment): its own
+    `docker service rollback` is the undo, watched as an update is."""
+    if watch_flags_given(args) or args.no_rollback:
+        raise RolloutError("undo on Swarm is Swarm's own rollback: it takes no watch flags", exit_code=2)
+    version = engine.previous_version()
+    if version is None:
+        raise RolloutError(f"nothing to undo: {engine.full_name('app')} has no previous spec")
+    say(f"undo: Swarm's rollback of {engine.full_name('app')} to its previous spec ({version})")
+    began = time.monotonic()
+    result = service_update(engine, version, {}, args.restart_timeout, print_event, undo=True)
+    if result.error:
+        raise RolloutError(result.error)
+    say(f"undo done in {time.monotonic() - began:.1f}s")
+    return 0
 
 
 def cmd_history(engine: Engine, args: argparse.Namespace) -> int:

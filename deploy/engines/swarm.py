@@ -544,6 +544,16 @@ class SwarmEngine:
     def release_of(self, instance: Instance) -> Release | None:
         return None  # Swarm keeps the previous spec itself: its rollback restores it
 
+    def previous_version(self) -> str | None:
+        """SERVICE_VERSION of the spec Swarm would go back to (`docker service rollback`)."""
+        spec = self.require_service(APP).get("PreviousSpec") or {}
+        env = ((spec.get("TaskTemplate") or {}).get("ContainerSpec") or {}).get("Env") or []
+        for item in env:
+            key, _, value = str(item).partition("=")
+            if key == "SERVICE_VERSION":
+                return value or None
+        return None
+
     def incarnations(self, instances: list[Instance]) -> dict[str, str]:
         return {}  # a task that fails is a new task (a new name): Swarm's monitor counts it
 

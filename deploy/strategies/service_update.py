@@ -71,8 +71,11 @@ def service_update(
     parallelism: int | None = None,
     monitor: float | None = None,
     failure_action: str | None = None,
+    undo: bool = False,
 ) -> RestartResult:
     """Release `version` (None: the running one again) with Swarm's rolling update and watch it.
+    `undo`: `docker service rollback` instead, Swarm's own return to the previous spec (its
+    version and environment), which must be `version`.
 
     `order` and `parallelism` (rollout's --surge and --max-unavailable) change the service's
     update_config for this and later updates; None keeps the stack's; so do `monitor` (rollout's
@@ -97,13 +100,16 @@ def service_update(
     began = time.monotonic()
     watched = monitor if monitor is not None else monitor_s(config)
     deadline = began + (timeout_s + watched) * (math.ceil(replicas / max(1, step)) + 1)
-    engine.docker(*update_command(engine, version, env, order, parallelism, monitor, failure_action),
-                  timeout_s=60)
+    command = (["service", "rollback", "--detach", engine.full_name(APP)] if undo
+               else update_command(engine, version, env, order, parallelism, monitor, failure_action))
+    engine.docker(*command, timeout_s=60)
     target = version
     emit(engine.full_name(APP), "restart",
-         f"{', '.join(versions) or '?'} -> {version or 'the same version'}: Swarm's rolling update, "
+         f"{', '.join(versions) or '?'} -> {version or 'the same version'}: Swarm's "
+         f"{'rollback to the previous spec' if undo else 'rolling update'}, "
          f"{step} at a time, {order or config.get('Order') or 'stop-first'}")
 
+    finished = ROLLED_BACK if undo else "completed"
     seen: dict[str, str] = {}  # task id -> the last event emitted for it
     asked: dict[str, float] = {}  # old task id -> when Swarm was seen stopping it
     status: UpdateStatus | None = None
@@ -112,7 +118,7 @@ def service_update(
         current = status if status and (previous is None or status.started > previous.started) else None
         tasks = engine.tasks()
         rows = engine.rows()
-        if current is not None and current.state.startswith("rollback"):
+        if current is not None and current.state.startswith("rollback") and not undo:
             target = None  # the previous spec's tasks: whatever version it had
         for task in tasks:
             if task.id in old:
@@ -132,7 +138,7 @@ def service_update(
         released = (serving and not any(task.id in old for task in live)
                     and all(seen.get(task.id) == "ready" for task in live))
         running = sorted({task.version or "?" for task in live})
-        if (current is not None and current.state == "completed" and serving and version is not None
+        if (current is not None and current.state == finished and serving and version is not None
                 and not any(task.id in old for task in live) and running != [version]):
             # Seen on Docker 20.10: a task that crashed within the monitor made Swarm put the
             # previous spec back, and it then called the update "completed".
@@ -142,12 +148,12 @@ def service_update(
                             f"{version} (Swarm says {current.state}: {current.message or 'no message'}); "
                             f"see docker service ps {engine.full_name(APP)}")
             return result
-        if current is not None and current.state == "completed" and released:
+        if current is not None and current.state == finished and released:
             emit(engine.full_name(APP), "done", f"{replicas} tasks on {version or 'the same version'}, "
                  f"UP in every HAProxy; Swarm's update took {current.completed - current.started:.1f}s "
                  f"(with its {monitor_s(config):g}s monitor)")
             return result
-        if current is not None and current.state == ROLLED_BACK and serving:
+        if current is not None and current.state == ROLLED_BACK and serving and not undo:
             emit(engine.full_name(APP), "failed", f"Swarm rolled the update back ({current.message})")
             result.error = (f"Swarm rolled the update back ({current.message}); the previous spec "
                             f"serves again: {len(live)} tasks UP in every HAProxy")

@@ -432,6 +432,22 @@ def test_rollout_deploy_on_swarm_rolls_back_a_release_that_crashes_after_up(serv
         assert result.failed < 30, dict(result.failures)
 
 
+def test_rollout_undo_on_swarm_is_swarms_own_rollback_under_load(serving: SwarmStack) -> None:
+    stack = serving
+    before = stack.live()[0].version
+    assert before is not None
+    deployed = stack.rollout("deploy", "e2e-undo")
+    assert deployed.returncode == 0, deployed.stderr
+    stack.wait_release("e2e-undo")
+    results, run = load_both(stack.urls, lambda: stack.rollout("undo"), requests=3_000)
+    assert isinstance(run, subprocess.CompletedProcess)
+    assert run.returncode == 0, run.stderr
+    assert f"Swarm's rollback of {stack.name}_app to its previous spec ({before})" in run.stderr
+    for result in results:
+        assert_no_failures(result, 3_000)
+    stack.wait_release(before)
+
+
 def test_haproxy_reloads_under_load_fail_nothing(serving: SwarmStack) -> None:
     """Three reloads of both HAProxies (master-worker, SIGUSR2, listeners handed over): each a
     new worker, no task restarted, nothing failed on either frontend.
