@@ -42,6 +42,7 @@ class Watch:
         self.last: dict[tuple[str, str], ServerStat] = {}
         self.old_window = Figures()
         self.old_deploy = Figures()
+        self.marked = False  # a window began (a canary step); else the old figures are the deploy's
 
     def add(self, instance: Instance, stat: ServerStat, incarnation: str | None) -> None:
         self.new[(instance.backend, instance.address)] = Watched(instance, stat, stat, incarnation)
@@ -62,6 +63,7 @@ class Watch:
         for watched in self.new.values():
             watched.window = rows.get((watched.instance.backend, watched.instance.address), watched.window)
         self.old_window = Figures()
+        self.marked = True
 
     def figures(self, stats: list[ServerStat]) -> tuple[Figures, Figures]:
         """(the new servers' figures in this window, the old version's to compare with)."""
@@ -71,7 +73,7 @@ class Watch:
 
     def describe(self, stats: list[ServerStat]) -> str:
         new, old = self.figures(stats)
-        since = ("in this window" if self.old_window.requests
+        since = ("over the deploy" if not self.marked else "in this window" if self.old_window.requests
                  else "over the deploy (none served in this window)")
         return f"new {new}; old {since} {old}"
 

@@ -151,3 +151,20 @@ def test_history_is_written_whole_and_bounded(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "history.json").read_text())
     assert len(data) == 100 and data[-1]["release"]["version"] == "v104"
     assert [p.name for p in tmp_path.iterdir()] == ["history.json"]  # no temporary file left
+
+
+def test_the_report_says_which_old_figures_it_compared_with() -> None:
+    new = Instance("app4", "127.0.0.1:4")
+    watch = Watch(Thresholds())
+    rows = [row("127.0.0.1:1", req_tot=0), row("127.0.0.1:4", req_tot=0)]
+    watch.observe(rows, {})
+    watch.expect(new)
+    watch.add(new, rows[1], "1")
+    later = [row("127.0.0.1:1", req_tot=100), row("127.0.0.1:4", req_tot=50)]
+    watch.observe(later, {})
+    assert "; old over the deploy 0 errors in 100 requests" in watch.describe(later)
+    watch.mark(later)  # a canary step's window
+    assert "; old over the deploy (none served in this window)" in watch.describe(later)
+    again = [row("127.0.0.1:1", req_tot=130), row("127.0.0.1:4", req_tot=60)]
+    watch.observe(again, {})
+    assert watch.describe(again) == "new 0 errors in 10 requests (0.0%), 0 ms; old in this window 0 errors in 30 requests (0.0%), 0 ms"
