@@ -30,7 +30,7 @@ from deploy.cli_args import (
 )
 from deploy.cli_stack import MUTATING, history_of, lock_path, make_engine
 from deploy.core.analysis import Thresholds
-from deploy.core.deploy import Plan
+from deploy.core.plan import Plan
 from deploy.engines.base import Engine, Release
 from deploy.engines.swarm import SwarmEngine
 from deploy.errors import RolloutError

@@ -7,7 +7,8 @@ import time
 from collections.abc import Callable, Mapping
 
 from agent.haproxy import ServerStat
-from deploy.core.deploy import Plan, batch_size, deploy, row_of
+from deploy.core.deploy import deploy
+from deploy.core.plan import Plan, batch_size, row_of
 from deploy.core.seams import Fleet, RealClock
 from deploy.door import HAProxyDoor
 from deploy.engines.base import Engine, Instance, read_stats

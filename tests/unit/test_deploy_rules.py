@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from deploy.core.analysis import Thresholds
-from deploy.core.deploy import Plan, deploy
+from deploy.core.deploy import deploy
+from deploy.core.plan import Plan
 from deploy.errors import RolloutError
 from deploy.model import Event, Release, RestartResult
 from tests.unit.fakes import Behaviour, FakeWorld, Fleet, with_release
