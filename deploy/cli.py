@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Coroutine, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,18 +25,17 @@ from deploy.cli_args import (
     WATCH_FLAGS,
     WATCH_FOR_S,
     build_parser,
-    duration,
-    env_default,
+    env_duration,
     parse_env,
 )
 from deploy.cli_stack import MUTATING, history_of, lock_path, make_engine
 from deploy.core.analysis import Thresholds
-from deploy.core.plan import Plan
+from deploy.core.plan import Plan, Repair
 from deploy.engines.base import Engine, Release
 from deploy.engines.swarm import SwarmEngine
 from deploy.errors import RolloutError
 from deploy.history import table
-from deploy.lock import deploy_lock
+from deploy.lock import deploy_lock, holder
 from deploy.model import Event, RestartResult
 from deploy.strategies import bluegreen
 from deploy.strategies.rolling import batch_size, read_servers, row_of, run_plan, wait_ready
@@ -69,8 +69,7 @@ def make_plan(args: argparse.Namespace, version: str | None, env: dict[str, str]
                                "to roll back", exit_code=2)
         return Plan(version, env, args.restart_timeout, surge=args.surge,
                     max_unavailable=args.max_unavailable)
-    watch_s = args.watch_for if args.watch_for is not None else float(
-        duration(env_default("WATCH_FOR", str(WATCH_FOR_S))))
+    watch_s = args.watch_for if args.watch_for is not None else env_duration("WATCH_FOR", WATCH_FOR_S)
     if args.canary and watch_s <= 0:
         raise RolloutError("--canary needs a watch window: each step is held and judged for "
                            "--watch-for (not 0)", exit_code=2)
@@ -94,6 +93,7 @@ def run_restart(engine: Engine, args: argparse.Namespace, env: dict[str, str],
     are the stack file's); elsewhere our rules (deploy.core.deploy). A deploy is recorded in
     the stack's history."""
     version = version or getattr(args, "version", None)
+    engine.check_release(version, env)
     if isinstance(engine, SwarmEngine):
         given = [flag for flag in watch_flags_given(args) if flag != "--watch-for"]
         if given:
@@ -107,17 +107,28 @@ def run_restart(engine: Engine, args: argparse.Namespace, env: dict[str, str],
                               monitor=getattr(args, "watch_for", None),
                               failure_action="pause" if getattr(args, "no_rollback", False) else None)
     plan = make_plan(args, version, env)
-    if not is_deploy(args):
-        return run_plan(engine, plan, print_event)
     history = history_of(engine, args)
     instances = engine.instances()
     previous = engine.release_of(instances[0]) if instances else None
-    release = Release(version or (previous.version if previous else "?"), env)
-    entry = history.begin(args.command if args.command == "undo" else "deploy", release, previous)
-    say(f"deploying {release} (was {previous or 'unknown'}): "
-        + (f"watch {plan.watch_s:g}s" if plan.watch_s else "no watch")
-        + (f", canary {','.join(f'{p:g}%' for p in plan.canary)}" if plan.canary else "")
-        + ("" if plan.rollback else ", no rollback"))
+    interrupted = history.interrupted()
+    if interrupted is not None:  # we hold the lock: its tool is gone
+        repair = Repair(size=interrupted.size or len(instances),
+                        fill=interrupted.previous or interrupted.release, interrupted=interrupted.release)
+        plan = replace(plan, repair=repair)
+        previous = interrupted.release  # what the fleet was moving to (a second undo returns there)
+        say(f"#{interrupted.number} ({interrupted.action} {interrupted.release}, begun "
+            f"{time.strftime('%H:%M:%S', time.localtime(interrupted.started))}) did not finish: the tool "
+            f"died during it. Converging to {repair.size} instances first")
+        history.end(interrupted, "interrupted", "the tool died during it; the next deploy converged")
+    action = "restart" if not is_deploy(args) else "undo" if args.command == "undo" else "deploy"
+    release = Release(version or (previous.version if previous else "?"), env if is_deploy(args) else
+                      (previous.env if previous else {}))
+    entry = history.begin(action, release, previous, size=plan.repair.size if plan.repair else len(instances))
+    if is_deploy(args):
+        say(f"deploying {release} (was {previous or 'unknown'}): "
+            + (f"watch {plan.watch_s:g}s" if plan.watch_s else "no watch")
+            + (f", canary {','.join(f'{p:g}%' for p in plan.canary)}" if plan.canary else "")
+            + ("" if plan.rollback else ", no rollback"))
     try:
         result = run_plan(engine, plan, print_event)
     except BaseException as exc:
@@ -173,8 +184,19 @@ def run_in_foreground(engine: Engine) -> int:
     return 0
 
 
-def cmd_status(engine: Engine) -> int:
+def cmd_status(engine: Engine, args: argparse.Namespace) -> int:
     servers = read_servers(engine)
+    deploying = holder(lock_path(engine, args))
+    try:
+        last = history_of(engine, args).entries()[-1:]
+    except RolloutError as exc:  # the servers are still worth showing
+        last = []
+        say(str(exc))
+    if deploying:
+        print(f"deploying: {deploying}")
+    elif last and last[0].result == "running":
+        print(f"interrupted: #{last[0].number} ({last[0].action} {last[0].release}) did not finish, the "
+              "tool died during it; `rollout deploy VERSION` or `rollout undo` converges and completes")
     blue_green = engine.blue_green
     if blue_green:
         live, saved = bluegreen.active_color(engine), bluegreen.file_color(engine)
@@ -353,11 +375,15 @@ def run_event_loop(coroutine: Coroutine[Any, Any, T]) -> T:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         if getattr(args, "report", None) and importlib.util.find_spec("matplotlib") is None:
             raise RolloutError("--report draws timeline.png with matplotlib, which is not installed: "
                                "pip install 'zero-downtime-haproxy[report]'", exit_code=2)
+        if args.command in ("deploy", "restart", "undo") or (args.command == "check" and args.restart):
+            # Every flag checked before the stack is looked at: a typo costs nothing.
+            make_plan(args, getattr(args, "version", None), parse_env(getattr(args, "env", None) or []))
+            batch_size(args.max_unavailable, 1)
         engine = make_engine(args)
         if args.command in MUTATING or (args.command == "check" and args.restart):
             with deploy_lock(lock_path(engine, args)):
@@ -383,7 +409,7 @@ def dispatch(engine: Engine, args: argparse.Namespace) -> int:
     if not engine.is_up():
         raise RolloutError(f"the stack in {engine.root} is not running; `rollout up` first")
     if args.command == "status":
-        return cmd_status(engine)
+        return cmd_status(engine, args)
     if args.command == "reload":
         for line in engine.reload():
             print(line)

@@ -24,6 +24,22 @@ def env_default(name: str, default: str) -> str:
     return os.environ.get(f"ROLLOUT_{name}", default)
 
 
+def env_int(name: str, default: int) -> int:
+    """A ROLLOUT_* port or count: a whole number, or one line that names the variable."""
+    text = env_default(name, str(default))
+    if not re.fullmatch(r"[0-9]{1,9}", text.strip()):
+        raise RolloutError(f"ROLLOUT_{name}={text[:40]!r}: expected a whole number", exit_code=2)
+    return int(text)
+
+
+def env_duration(name: str, default: float) -> float:
+    text = env_default(name, f"{default:g}")
+    try:
+        return duration(text)
+    except argparse.ArgumentTypeError as exc:
+        raise RolloutError(f"ROLLOUT_{name}: {exc}", exit_code=2) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rollout",
@@ -42,11 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start HAProxy and the instances; wait until all are UP")
     up.add_argument("--detach", "-d", action="store_true",
                     help="return once up (default: stay in the foreground, Ctrl-C stops)")
-    up.add_argument("--port", type=int, default=int(env_default("PORT", "8785")),
+    up.add_argument("--port", type=int, default=env_int("PORT", 8785),
                     help="frontend port (default 8785)")
-    up.add_argument("--stats-port", type=int, default=int(env_default("STATS_PORT", "8404")),
+    up.add_argument("--stats-port", type=int, default=env_int("STATS_PORT", 8404),
                     help="HAProxy stats and metrics port, loopback only (default 8404)")
-    up.add_argument("--app-base-port", type=int, default=int(env_default("APP_BASE_PORT", "8001")),
+    up.add_argument("--app-base-port", type=int, default=env_int("APP_BASE_PORT", 8001),
                     help="app1 listens here, app2 on the next port... (default 8001)")
     up.add_argument("--version", default="v1", type=version_arg,
                     help="version the instances start with (default v1)")
@@ -57,9 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--ready-path", default="/readyz",
                     help="the app's readiness path: HAProxy's health check and the agent's probe "
                          "(default /readyz)")
-    up.add_argument("--start-timeout", type=float, default=60.0,
+    up.add_argument("--start-timeout", type=seconds, default=60.0,
                     help="max seconds for an instance to become ready (default 60)")
-    up.add_argument("--agent-base-port", type=int, default=int(env_default("AGENT_BASE_PORT", "9201")),
+    up.add_argument("--agent-base-port", type=int, default=env_int("AGENT_BASE_PORT", 9201),
                     help="app1's drain-agent answers HAProxy's agent-check here, app2's on the "
                          "next port... (default 9201)")
     up.add_argument("--instances", type=int, default=3, help="number of instances, 2..64 (default 3)")
@@ -108,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     switch = sub.add_parser("switch", help="blue/green: move all traffic to the other pool")
     switch.add_argument("color", help="blue or green")
-    switch.add_argument("--drain-timeout", type=float, default=60.0,
+    switch.add_argument("--drain-timeout", type=seconds, default=60.0,
                         help="max wait for the old pool's sessions to end (default 60 s)")
 
     release = sub.add_parser("release", help="blue/green: deploy to the idle pool, switch to it, "
@@ -134,13 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--sse-clients", type=int, default=0,
                        help="server-sent-event clients alongside, resuming from the last id (default 0)")
     check.add_argument("--sse-interval-ms", type=int, default=100, help="event period asked (default 100)")
-    check.add_argument("--timeout", type=float, default=30.0, help="per request (default 30 s)")
+    check.add_argument("--timeout", type=seconds, default=30.0, help="per request (default 30 s)")
     check.add_argument("--url", help="target (default: the stack's frontend /cms)")
     check.add_argument("--report", metavar="DIR",
                        help="write report.json, report.md and timeline.png there")
     check.add_argument("--restart", action="store_true",
                        help="run a rolling restart while the load runs")
-    check.add_argument("--restart-after", type=float, default=2.0,
+    check.add_argument("--restart-after", type=seconds_or_zero, default=2.0,
                        help="seconds of load before the restart begins (default 2)")
     add_restart_options(check)
     add_watch_options(check)
@@ -155,7 +171,7 @@ def add_restart_options(parser: argparse.ArgumentParser, version: bool = True, e
     if env:
         parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                             help="extra environment for the new instances (repeatable)")
-    parser.add_argument("--restart-timeout", type=float, default=RESTART_TIMEOUT_S,
+    parser.add_argument("--restart-timeout", type=seconds, default=RESTART_TIMEOUT_S,
                         help=f"per instance: max wait for ready + UP (default {RESTART_TIMEOUT_S:g} s)")
     parser.add_argument("--surge", action="store_true",
                         help="start each new instance (in a spare slot / one more container) and "
@@ -200,6 +216,21 @@ def duration(text: str) -> float:
     if value > 3600:
         raise argparse.ArgumentTypeError(f"{text!r}: at most 1 hour")
     return value
+
+
+def seconds(text: str) -> float:
+    """A timeout in seconds: a number in (0, 86400] (never nan or inf: a deadline must come)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r}: expected seconds, such as 90") from None
+    if not 0 < value <= 86400:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r}: expected seconds in (0, 86400]")
+    return value
+
+
+def seconds_or_zero(text: str) -> float:
+    return 0.0 if text.strip() in ("0", "0.0") else seconds(text)
 
 
 def percents(text: str) -> tuple[float, ...]:

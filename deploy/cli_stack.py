@@ -7,7 +7,7 @@ import argparse
 import os
 from pathlib import Path
 
-from deploy.cli_args import READY_PATH, env_default
+from deploy.cli_args import READY_PATH, env_int
 from deploy.engines.base import Engine
 from deploy.engines.compose import DockerEngine, find_stack
 from deploy.engines.local import LocalEngine, LocalStack, app_argv
@@ -54,7 +54,13 @@ def make_local_engine(args: argparse.Namespace) -> LocalEngine:
             retry_on=args.retry_on, retries=args.retries,
         )
         return LocalEngine(stack)
-    return LocalEngine(LocalStack.load(args.state_dir))
+    try:
+        return LocalEngine(LocalStack.load(args.state_dir))
+    except RolloutError:
+        if args.command != "down":
+            raise
+        # `down` always works: what runs is found from the state directory alone.
+        return LocalEngine(LocalStack(state_dir=args.state_dir))
 
 
 def make_docker_engine(args: argparse.Namespace) -> DockerEngine:
@@ -71,8 +77,8 @@ def make_docker_engine(args: argparse.Namespace) -> DockerEngine:
                            "--scale app=N`)", exit_code=2)
     versions = ("BLUE_VERSION", "GREEN_VERSION") if args.blue_green else ("SERVICE_VERSION",)
     for value, default, var in (
-        (args.port, int(env_default("PORT", "8785")), "ZDH_PORT"),
-        (args.stats_port, int(env_default("STATS_PORT", "8404")), "ZDH_STATS_PORT"),
+        (args.port, env_int("PORT", 8785), "ZDH_PORT"),
+        (args.stats_port, env_int("STATS_PORT", 8404), "ZDH_STATS_PORT"),
         *((args.version, "v1", version) for version in versions),
     ):
         if value != default or var not in os.environ:
@@ -90,8 +96,8 @@ def make_swarm_engine(args: argparse.Namespace) -> SwarmEngine:
             raise RolloutError("--no-agent and --blue-green: not on Swarm (deploy/stack.yml runs "
                                "one app service, each task under drain-agent)", exit_code=2)
         for value, default, var in (
-            (args.port, int(env_default("PORT", "8785")), "ZDH_PORT"),
-            (args.stats_port, int(env_default("STATS_PORT", "8404")), "ZDH_STATS_PORT"),
+            (args.port, env_int("PORT", 8785), "ZDH_PORT"),
+            (args.stats_port, env_int("STATS_PORT", 8404), "ZDH_STATS_PORT"),
             (args.version, "v1", "SERVICE_VERSION"),
             (args.instances, 3, "ZDH_REPLICAS"),
         ):

@@ -117,12 +117,32 @@ stats_addr=$(docker compose port haproxy 8404 2>/dev/null || true)
 [ -n "$stats_addr" ] || fail "the stack is not up (no haproxy container with a published stats port); start it with: docker compose up -d --wait"
 stats_url="http://${stats_addr/0.0.0.0/127.0.0.1}/stats;csv;norefresh"
 
-# The stats CSV's servers as "addr status" lines (columns: 2 svname, 18 status, 74 addr).
-servers() {
-  curl -fsS --max-time 2 "$stats_url" 2>/dev/null \
-    | awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
-               $2 != "FRONTEND" && $2 != "BACKEND" && $(col["addr"]) != "" { print $(col["addr"]), $(col["status"]) }'
+# HAProxy's stats read as CSV, not split on commas: a failing check's reason (which the app
+# controls) is quoted into last_chk and may hold a comma. One line per server row:
+# "backend addr req_tot errors chkdown status" (addr "-" for an empty slot; errors: 5xx +
+# failed connections + cut responses; status last, as it may be two words: "UP 1/2").
+csv_awk='function csv(line, f,   n, i, c, q, v) {
+  n = 0; v = ""; q = 0
+  for (i = 1; i <= length(line); i++) {
+    c = substr(line, i, 1)
+    if (q) { if (c != "\"") v = v c; else if (substr(line, i + 1, 1) == "\"") { v = v c; i++ } else q = 0 }
+    else if (c == "\"") q = 1
+    else if (c == ",") { f[++n] = v; v = "" }
+    else v = v c
+  }
+  f[++n] = v
+  return n
+}'
+stat_rows() {
+  curl -fsS --max-time 2 "$stats_url" 2>/dev/null | awk "$csv_awk"'
+    NR == 1 { sub(/^# /, ""); n = csv($0, h); for (i = 1; i <= n; i++) col[h[i]] = i; next }
+    { csv($0, f) }
+    f[2] != "FRONTEND" && f[2] != "BACKEND" {
+      print f[1], (f[col["addr"]] == "" ? "-" : f[col["addr"]]), f[col["req_tot"]] + 0,
+            f[col["hrsp_5xx"]] + f[col["econ"]] + f[col["eresp"]], f[col["chkdown"]] + 0, f[col["status"]] }'
 }
+# The servers as "addr status" lines.
+servers() { stat_rows | awk '$2 != "-" { s = $6; for (i = 7; i <= NF; i++) s = s " " $i; print $2, s }'; }
 address_of() { docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' "$1" | awk '{print $1}'; }
 # HAProxy's status for a container, found by its address, as the agent finds its own row.
 status_of() {
@@ -149,10 +169,7 @@ ids() { local out="" id; for id in "$@"; do out+="${out:+ }$(short "$id")"; done
 # How many server slots the backend holding this container has in HAProxy (server-template).
 slots_of() {
   local addr; addr="$(address_of "$1"):$app_port"
-  curl -fsS --max-time 2 "$stats_url" 2>/dev/null \
-    | awk -F, -v a="$addr" 'NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
-                             $2 != "FRONTEND" && $2 != "BACKEND" { n[$1]++; if ($(col["addr"]) == a) b = $1 }
-                             END { print (b == "" ? 0 : n[b]) }'
+  stat_rows | awk -v a="$addr" '{ n[$1]++; if ($2 == a) b = $1 } END { print (b == "" ? 0 : n[b]) }'
 }
 
 # Until HAProxy has the container UP and it answers with the new version, or the timeout; the
@@ -190,15 +207,8 @@ start_one() {
 retire() { docker stop "$1" >/dev/null && docker rm "$1" >/dev/null; }
 
 # -- the watch ------------------------------------------------------------------------------
-# Every server row as "addr requests errors downs status" (errors: 5xx + failed connections +
-# cut responses; downs: UP -> DOWN transitions), from HAProxy's counters.
-counters() {
-  curl -fsS --max-time 2 "$stats_url" 2>/dev/null \
-    | awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
-               $2 != "FRONTEND" && $2 != "BACKEND" && $(col["addr"]) != "" {
-                 print $(col["addr"]), $(col["req_tot"]) + 0,
-                       $(col["hrsp_5xx"]) + $(col["econ"]) + $(col["eresp"]), $(col["chkdown"]) + 0, $(col["status"]) }'
-}
+# Every server row as "addr requests errors downs status", from HAProxy's counters.
+counters() { stat_rows | awk '$2 != "-"' | cut -d' ' -f2-; }
 life() { docker inspect -f '{{.RestartCount}} {{.State.StartedAt}}' "$1" 2>/dev/null || echo gone; }
 declare -A fresh=() base_req=() base_err=() base_down=() base_life=() new_addr=()
 declare -A old_base_req=() old_base_err=() old_req=() old_err=()

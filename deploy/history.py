@@ -8,7 +8,7 @@ that succeeded, as `kubectl rollout undo` does: a second undo returns to where t
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,25 +17,27 @@ from deploy.model import Release
 from deploy.statefile import read_json, write_json
 
 MAX_ENTRIES = 100
-RESULTS = ("ok", "rolled-back", "halted", "running")
+RESULTS = ("ok", "rolled-back", "halted", "running", "interrupted")
+CHANGES = ("up", "deploy", "undo")  # the actions that change the release (not a restart)
 
 
 @dataclass(frozen=True)
 class Entry:
     number: int
-    action: str  # up, deploy, undo
+    action: str  # up, deploy, undo, restart
     release: Release
     previous: Release | None  # what ran before (None: unknown, or the first release)
     started: float
     ended: float | None
-    result: str  # ok, rolled-back, halted, running (the tool died during it)
+    result: str  # ok, rolled-back, halted, running (now, or the tool died), interrupted
     detail: str = ""
+    size: int | None = None  # how many instances the stack had when it began (None: not known)
 
     def as_dict(self) -> dict[str, Any]:
         return {"number": self.number, "action": self.action, "release": self.release.as_dict(),
                 "previous": self.previous.as_dict() if self.previous else None,
                 "started": self.started, "ended": self.ended, "result": self.result,
-                "detail": self.detail}
+                "detail": self.detail, "size": self.size}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Entry:
@@ -43,7 +45,8 @@ class Entry:
         return cls(int(data["number"]), str(data["action"]), Release.from_dict(data["release"]),
                    Release.from_dict(previous) if previous else None, float(data["started"]),
                    None if data.get("ended") is None else float(data["ended"]),
-                   str(data["result"]), str(data.get("detail", "")))
+                   str(data["result"]), str(data.get("detail", "")),
+                   None if data.get("size") is None else int(data["size"]))
 
 
 class History:
@@ -65,30 +68,37 @@ class History:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_json(self.path, [e.as_dict() for e in entries[-MAX_ENTRIES:]])
 
-    def begin(self, action: str, release: Release, previous: Release | None) -> Entry:
+    def begin(self, action: str, release: Release, previous: Release | None,
+              size: int | None = None) -> Entry:
         """Recorded before anything changes: a deploy the tool did not live to finish shows as
-        'running' in `history`, so the next command can tell."""
+        'running' in `history`, so the next command can tell (and knows the size to restore)."""
         entries = self.entries()
         entry = Entry((entries[-1].number + 1) if entries else 1, action, release, previous,
-                      time.time(), None, "running")
+                      time.time(), None, "running", size=size)
         self.save([*entries, entry])
         return entry
 
     def end(self, entry: Entry, result: str, detail: str = "") -> None:
-        entries = [e if e.number != entry.number else Entry(
-            e.number, e.action, e.release, e.previous, e.started, time.time(), result, detail[:500])
-            for e in self.entries()]
-        self.save(entries)
+        self.save([e if e.number != entry.number else replace(e, ended=time.time(), result=result,
+                                                               detail=detail[:500])
+                   for e in self.entries()])
+
+    def interrupted(self) -> Entry | None:
+        """The last entry when it is still 'running'. Asked by a command that holds the deploy
+        lock, so its tool is gone: killed, or the machine stopped, in the middle of it."""
+        entries = self.entries()
+        return entries[-1] if entries and entries[-1].result == "running" else None
 
     def undo_target(self) -> tuple[Entry, Release]:
-        """The last successful deploy and the release that ran before it."""
+        """The last deploy that was not rolled back (done, halted or interrupted: the fleet may
+        be on it, or part of it) and the release that ran before it."""
         for entry in reversed(self.entries()):
-            if entry.result == "ok":
+            if entry.action in CHANGES and entry.result != "rolled-back":
                 if entry.previous is None:
                     raise RolloutError(f"nothing to undo: #{entry.number} ({entry.action} "
                                        f"{entry.release}) is the first release this history knows")
                 return entry, entry.previous
-        raise RolloutError(f"nothing to undo: no successful deploy in {self.path}")
+        raise RolloutError(f"nothing to undo: no deploy in {self.path}")
 
 
 def table(entries: list[Entry]) -> str:

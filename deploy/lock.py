@@ -55,13 +55,32 @@ def deploy_lock(path: Path, command: str | None = None) -> Iterator[None]:
                   "stopped", file=sys.stderr, flush=True)
         info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
                 "command": command or " ".join(sys.argv)}
-        write(fd, json.dumps(info))
+        try:
+            write(fd, json.dumps(info))
+        except OSError as exc:
+            raise RolloutError(f"cannot write the deploy lock {path}: {exc.strerror or exc}") from None
         try:
             yield
         finally:
-            write(fd, json.dumps(info | {"done": True, "ended": time.time()}))
+            with contextlib.suppress(OSError):  # the flock still goes with the descriptor
+                write(fd, json.dumps(info | {"done": True, "ended": time.time()}))
     finally:
         os.close(fd)  # releases the flock
+
+
+def holder(path: Path) -> str | None:
+    """Who holds the lock now (None: nobody), asked without waiting and without taking it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return holder_of(os.pread(fd, 4096, 0).decode(errors="replace"))
+    finally:
+        os.close(fd)
+    return None
 
 
 def finished(text: str) -> bool:

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 
 from agent.haproxy import ServerStat
 from deploy.core.analysis import canary_count, canary_weights
+from deploy.core.converge import converge
 from deploy.core.plan import Change, Halt, Plan, batch_size, others_up, row_of
 from deploy.core.seams import Clock, Door, Fleet, Pending
 from deploy.core.watch import Watch
@@ -54,14 +55,20 @@ class Deploy:
 
     def run(self) -> RestartResult:
         plan = self.plan
-        instances = list(plan.instances) if plan.instances is not None else self.fleet.instances()
-        if not instances:
-            raise RolloutError("no instances to deploy to")
-        size = batch_size(plan.max_unavailable, len(instances))
-        self.fleet.prepare(plan.version, plan.env)
-        self.stats = self.read()
-        self.watch.observe(self.stats, {})  # the old servers' counters from here on
         try:
+            try:
+                if plan.repair is not None:
+                    converge(self, plan.repair)
+            except Halt as halt:
+                self.result.error = f"{halt.why}\nrollout halted before it began{halt.tail}"
+                return self.result
+            self.fleet.prepare(plan.version, plan.env)
+            instances = list(plan.instances) if plan.instances is not None else self.fleet.instances()
+            if not instances:
+                raise RolloutError("no instances to deploy to")
+            size = batch_size(plan.max_unavailable, len(instances))
+            self.stats = self.read()
+            self.watch.observe(self.stats, {})  # the old servers' counters from here on
             try:
                 rest = self.canary(instances) if plan.canary else instances
                 for start in range(0, len(rest), size):

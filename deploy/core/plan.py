@@ -29,6 +29,17 @@ class Plan:
     canary: tuple[float, ...] = ()
     thresholds: Thresholds = field(default_factory=Thresholds)
     rollback: bool = False
+    repair: Repair | None = None  # a deploy the tool did not finish: converge first
+@dataclass(frozen=True)
+class Repair:
+    """What a deploy the tool did not live to finish may have left, and what to converge to:
+    `size` instances (missing ones started on `fill`, the release before it; extras retired)."""
+
+    size: int
+    fill: Release
+    interrupted: Release  # what it was putting in: extras on it go first
+
+
 @dataclass
 class Change:
     """One old instance and its replacement. `old_serving`: surge, the old one still serves

@@ -57,6 +57,10 @@ class Fleet(Protocol):
 
     def instances(self) -> list[Instance]: ...
 
+    def settle(self) -> list[str]:
+        """After a deploy the tool did not finish: let the stops it began end, remove what it
+        left half-done; a line for each thing done."""
+
     def prepare(self, version: str | None, env: Mapping[str, str]) -> None: ...
 
     def replace(self, instances: list[Instance], version: str | None,

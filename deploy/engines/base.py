@@ -180,6 +180,14 @@ class Engine(Protocol):
         """An id per process or container life (a restart changes it); instances the engine
         cannot tell about are left out."""
 
+    def settle(self) -> list[str]:
+        """After a deploy the tool did not live to finish: let the stops it began end and remove
+        what it left half-done (a stopped container); one line per thing done."""
+
+    def check_release(self, version: str | None, env: Mapping[str, str]) -> None:
+        """Refuse in one line, before anything is recorded or changed, a version or environment
+        this engine could not pass to the app as given."""
+
     def prepare(self, version: str | None, env: Mapping[str, str]) -> None:
         """Before any restart: whatever a new version needs (the docker engine builds its image),
         so that the restarts themselves measure only stops and starts."""

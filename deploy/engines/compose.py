@@ -225,6 +225,18 @@ class DockerEngine:
         if version is not None:
             self.build(version, env)
 
+    def settle(self) -> list[str]:
+        """Containers a dead deploy stopped (its `docker stop` ends in the daemon) or created
+        and never started: removed, as its retire or scale-up would have."""
+        ids = [i for service in self.services()
+               for i in self.run("ps", "-a", "-q", "--status", "exited", "--status", "created",
+                                 "--status", "dead", service).split()]
+        if not ids:
+            return []
+        names = [name for _, name, _ in self.inspect(ids)]
+        docker("rm", *names)
+        return [f"removed {', '.join(names)}: stopped or never started by the deploy that died"]
+
     def check_none_stopped(self) -> None:
         """Compose scales a service up by starting its stopped containers first (their old
         version and settings) before it creates any, and fails on a paused one: so refuse
@@ -463,6 +475,9 @@ class DockerEngine:
     def configured_version(self, instance: Instance) -> str | None:
         """SERVICE_VERSION the instance's container was created with (None if it has none)."""
         return (self.container_env(instance.name) or {}).get("SERVICE_VERSION") or None
+
+    def check_release(self, version: str | None, env: Mapping[str, str]) -> None:
+        self.check_passed_through(env)
 
     def check_passed_through(self, env: Mapping[str, str]) -> None:
         """Compose passes only the variables its file names: refuse others instead of dropping them."""

@@ -14,6 +14,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -121,13 +122,31 @@ def app_argv(template: str, port: int) -> list[str]:
 
 
 def supervisor_env(env: Mapping[str, str]) -> str:
-    """supervisor's `environment=` syntax; `%` must be doubled (it expands %(ENV_X)s).
-    Keys and values were checked (deploy.engines.base.check_env): no line breaks, no NUL."""
+    """supervisor's `environment=` syntax: each value quoted, `%` doubled (it expands %(ENV_X)s).
+    Its parser (a non-POSIX shlex) has no escapes: a value goes in double quotes, or in single
+    quotes when it holds a double one; what it cannot carry is refused by check_supervisor_env."""
     parts = []
     for key, value in env.items():
-        escaped = value.replace("%", "%%").replace('"', '\\"')
-        parts.append(f'{key}="{escaped}"')
+        quote = "'" if '"' in value else '"'
+        parts.append(f"{key}={quote}{value.replace('%', '%%')}{quote}")
     return ",".join(parts)
+
+
+def check_supervisor_env(env: Mapping[str, str]) -> None:
+    """Each value reaches the program byte for byte, or a one-line refusal before anything
+    changes: asked of supervisor's own parser, with the text it will read."""
+    from supervisor.datatypes import dict_of_key_value_pairs
+    from supervisor.options import expand
+
+    for key, value in env.items():
+        try:
+            parsed = dict_of_key_value_pairs(expand(supervisor_env({key: value}), {}, "environment"))
+        except ValueError:
+            parsed = {}
+        if parsed != {key: value}:
+            raise RolloutError(f"--env {key}: the local engine's supervisor cannot pass this value as "
+                               "it is (it holds both quote characters, or begins or ends with one)",
+                               exit_code=2)
 
 
 class LocalEngine:
@@ -142,6 +161,9 @@ class LocalEngine:
         self.slot_lock = threading.Lock()
         self.retiring: set[str] = set()
         self.releases_lock = threading.Lock()
+        # What each program's config was last written with; recorded as its release (releases.json)
+        # when it starts, so a tool killed in between never records what does not run.
+        self.written: dict[str, Release] = {}
 
     # -- layout --------------------------------------------------------------------
 
@@ -255,6 +277,7 @@ files = conf.d/*.conf
         serving = self.slots()[: self.stack.instances] if not self.stack.blue_green else self.slots()
         for slot in self.slots():
             self.write_app_program(slot, self.stack.version, {}, autostart=slot in serving)
+            self.record_release(slot, self.written.pop(slot.name))
 
     def haproxy_env(self) -> dict[str, str]:
         env = {
@@ -336,7 +359,7 @@ stdout_logfile={self.root / "logs" / "haproxy.log"}
             **self.stack.app_env,
             **extra,
         }
-        self.record_release(instance, Release(version, dict(extra)))
+        self.written[instance.name] = Release(version, dict(extra))
         (self.root / "conf.d" / f"{instance.name}.conf").write_text(
             f"""[program:{instance.name}]
 command={self.app_command(instance)}
@@ -495,20 +518,53 @@ stdout_logfile={self.root / "logs" / f"{instance.name}.log"}
                 f"in {time.monotonic() - began:.2f}s"]
 
     def down(self) -> None:
+        """supervisord stops everything it runs; then whatever still runs from this state
+        directory (supervisord killed -9 leaves HAProxy and the instances running) is found by
+        its command line and environment, and stopped the same way: SIGTERM, SIGKILL after the
+        grace period."""
         pidfile = self.root / "supervisord.pid"
-        if not self.is_up():
-            return
-        pid = int(pidfile.read_text()) if pidfile.exists() else None
-        with contextlib.suppress(OSError, xmlrpc.client.Error):
-            self.supervisor("shutdown")
-        deadline = time.monotonic() + STOP_WAIT_S + 15
-        while pid is not None and pid_alive(pid):
-            if time.monotonic() > deadline:
-                raise RolloutError(f"supervisord (pid {pid}) did not stop; see {self.root}/logs")
+        if self.is_up():
+            pid = int(pidfile.read_text()) if pidfile.exists() else None
+            with contextlib.suppress(OSError, xmlrpc.client.Error):
+                self.supervisor("shutdown")
+            deadline = time.monotonic() + STOP_WAIT_S + 15
+            while pid is not None and pid_alive(pid):
+                if time.monotonic() > deadline:
+                    raise RolloutError(f"supervisord (pid {pid}) did not stop; see {self.root}/logs")
+                time.sleep(0.1)
+        left = processes_of(self.root)
+        for pid in left:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_WAIT_S
+        while any(pid_alive(pid) for pid in left) and time.monotonic() < deadline:
             time.sleep(0.1)
+        for pid in left:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+    def settle(self) -> list[str]:
+        """Programs a dead deploy began to stop: until they have (each drains first). Their
+        configs are not reloaded here: a config the dead deploy rewrote starts nothing."""
+        def stopping() -> set[str]:
+            return {p["name"] for p in self.supervisor("getAllProcessInfo") if p["statename"] == "STOPPING"}
+
+        names, began = stopping(), time.monotonic()
+        if not names:
+            return []
+        with self.nudging():
+            while stopping():
+                if time.monotonic() - began > STOP_WAIT_S + 15:
+                    raise RolloutError(f"{', '.join(sorted(names))} did not stop within {STOP_WAIT_S + 15}s")
+                time.sleep(0.05)
+        return [f"{', '.join(sorted(names))}: the stop it began ended in {time.monotonic() - began:.1f}s"]
+
+    def check_release(self, version: str | None, env: Mapping[str, str]) -> None:
+        check_supervisor_env({**env, **({"SERVICE_VERSION": version} if version else {})})
 
     def prepare(self, version: str | None, env: Mapping[str, str]) -> None:
-        pass  # nothing to build: the new version is an environment variable
+        """Nothing to build: the version is an environment variable."""
+        self.check_release(version, env)
 
     def replace(
         self, instances: list[Instance], version: str | None, env: Mapping[str, str]
@@ -567,14 +623,17 @@ stdout_logfile={self.root / "logs" / f"{instance.name}.log"}
             raise RolloutError(f"supervisor: {fault.faultString}") from None
 
     def start(self, instances: list[Instance]) -> None:
-        _added, changed, _removed = self.supervisor("reloadConfig")[0]
+        added, changed, _removed = self.supervisor("reloadConfig")[0]
         try:
             for instance in instances:
                 if instance.name in changed:  # never started since its config changed
                     self.supervisor("removeProcessGroup", instance.name)
-                    self.supervisor("addProcessGroup", instance.name)
+                if instance.name in changed or instance.name in added:  # added: a tool killed
+                    self.supervisor("addProcessGroup", instance.name)   # between the two calls
                 self.mark_log(instance)
                 self.start_now(instance.name)
+                if instance.name in self.written:
+                    self.record_release(instance, self.written.pop(instance.name))
         except xmlrpc.client.Fault as fault:
             raise RolloutError(f"supervisor: {fault.faultString}") from None
 
@@ -657,6 +716,26 @@ def port_in_use(port: int) -> bool:
         except OSError:
             return True
     return False
+
+
+def processes_of(root: Path) -> list[int]:
+    """This user's processes that run from the state directory `root`: supervisord (its -c
+    file), HAProxy (its -f files) and each instance (its ledger path in its environment)."""
+    marks = [str(root / "supervisord.conf").encode(), str(root / "servers.cfg").encode(),
+             f"SERVICE_POST_LEDGER={root / 'ledgers'}/".encode()]
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if entry.stat().st_uid != os.getuid():
+                continue
+            seen = (entry / "cmdline").read_bytes() + b"\0" + (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if any(mark in seen for mark in marks) and pid_alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
 
 
 def pid_alive(pid: int) -> bool:

@@ -309,10 +309,7 @@ class SwarmEngine:
                                "down` first")
         version = check_version(self.env.get("SERVICE_VERSION") or "v1")
         replicas, slots = (int(self.env.get(k) or d) for k, d in (("ZDH_REPLICAS", 3), ("ZDH_SLOTS", 10)))
-        if 2 * replicas + 1 > slots:
-            raise RolloutError(f"{replicas} replicas need {2 * replicas + 1} server slots in HAProxy (the "
-                               "tasks an update stops keep theirs while they drain); ZDH_SLOTS is "
-                               f"{slots}", exit_code=2)
+        check_slot_budget(replicas, 1, slots, "ZDH_SLOTS is")
         self.prepare(version, {})
         self.wait_network_gone()  # a stack removed a moment ago: its network goes asynchronously
         self.docker("stack", "deploy", "--resolve-image", self.resolve_mode(self.image_ref(version)),
@@ -457,6 +454,14 @@ class SwarmEngine:
         runs the same image."""
         image = self.local_image(ref)
         return "never" if image is not None and not image.get("RepoDigests") else "always"
+
+    def settle(self) -> list[str]:
+        """Nothing to do: Swarm's manager carries on an update after the client is gone."""
+        return []
+
+    def check_release(self, version: str | None, env: Mapping[str, str]) -> None:
+        if version is not None:
+            check_version(version)
 
     def prepare(self, version: str | None, env: Mapping[str, str]) -> None:
         """The version's image: here already, or built from service/Dockerfile when its name has
@@ -653,3 +658,19 @@ def up_everywhere(rows: list[list[ServerStat]], address: str) -> bool:
 def last_line(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else "(no error output)"
+
+
+def slots_needed(replicas: int, parallelism: int) -> int:
+    """HAProxy server slots an update of `parallelism` tasks at a time needs: every old task
+    keeps its row while it drains (`hold obsolete`), every new one takes one, and a
+    start-first batch runs beside them."""
+    return 2 * replicas + parallelism
+
+
+def check_slot_budget(replicas: int, parallelism: int, slots: int, where: str) -> None:
+    """Refused in one line before anything changes: a task without a slot never gets UP."""
+    if slots_needed(replicas, parallelism) > slots:
+        raise RolloutError(f"{replicas} replicas updated {parallelism} at a time need "
+                           f"{slots_needed(replicas, parallelism)} server slots in HAProxy (the tasks "
+                           f"an update stops keep theirs while they drain); {where} {slots}",
+                           exit_code=2)

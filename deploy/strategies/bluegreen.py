@@ -81,9 +81,18 @@ def switch(
     write_map(engine.color_map, color)
     try:
         reply = engine.haproxy_command(f"set map {engine.color_map_ref} {MAP_KEY} {color}").strip()
-    except RolloutError:
-        write_map(engine.color_map, old)
-        raise
+    except RolloutError as exc:
+        # No answer (a timeout) does not say whether HAProxy applied it: its map, read back, does.
+        try:
+            live = active_color(engine)
+        except RolloutError:
+            raise RolloutError(f"the switch to {color} got no answer from HAProxy ({exc}) and its map "
+                               f"cannot be read back; {engine.color_map} says {color}: check "
+                               "`rollout status` before anything else") from None
+        if live != color:
+            write_map(engine.color_map, old)
+            raise
+        reply = ""
     if reply:
         write_map(engine.color_map, old)
         raise RolloutError(f"HAProxy refused the switch to {color}: {reply[:200]}")

@@ -23,8 +23,8 @@ import time
 from collections.abc import Callable, Mapping
 
 from agent.haproxy import ServerStat
-from deploy.engines.base import check_version
-from deploy.engines.swarm import APP, LIVE, SwarmEngine, Task, UpdateStatus, up_everywhere
+from deploy.engines.base import BACKEND, check_version, read_stats
+from deploy.engines.swarm import APP, LIVE, SwarmEngine, Task, UpdateStatus, check_slot_budget, up_everywhere
 from deploy.errors import RolloutError
 from deploy.strategies.rolling import Event, RestartResult
 
@@ -88,11 +88,13 @@ def service_update(
         result.events.append(event)
         report(event)
 
-    engine.prepare(version, env)
     service = engine.require_service(APP)
     config = service["Spec"].get("UpdateConfig") or {}
     replicas = engine.replicas()
     step = parallelism or int(config.get("Parallelism") or replicas)  # 0: all at once
+    slots = sum(1 for row in read_stats(engine.stats_url()) if row.backend == BACKEND)
+    check_slot_budget(replicas, step, slots, "HAProxy has")
+    engine.prepare(version, env)
     known = {task.id: task for task in engine.tasks()}  # old tasks and Swarm's task history
     old = {task.id for task in known.values() if task.live}
     versions = sorted({task.version or "?" for task in known.values() if task.live})

@@ -26,6 +26,9 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import (
+    DEPLOY_SH,
+    REPO,
+    ROLLOUT,
     ComposeStack,
     Container,
     DockerEvents,
@@ -201,6 +204,39 @@ def test_rollout_restart_to_a_version_under_load(healthy_stack: ComposeStack) ->
         assert re.search(rf"\[{re.escape(container.name)}\] ready UP in [0-9.]+s", restart.stderr), container
     events.assert_clean_stops([c.id for c in old])
     assert up.low == 2  # stop-first, one at a time
+
+
+def test_deploy_sh_and_rollout_half_a_second_apart_the_second_is_refused_naming_the_first(
+        healthy_stack: ComposeStack) -> None:
+    """Both tools take the same lock (beside the compose file, named after the project), in
+    either order; the first deploy completes under load with 0 failed."""
+    stack = healthy_stack
+    seen: dict[str, object] = {}
+
+    def race(first: list[str], second: Callable[[], subprocess.CompletedProcess[str]], key: str) -> None:
+        proc = subprocess.Popen(first, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=stack.env, cwd=REPO)
+        time.sleep(0.5)
+        began = time.monotonic()
+        seen[key] = (second(), time.monotonic() - began, proc.pid)
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, f"{out}\n{err}"
+
+    def both() -> None:
+        race([str(DEPLOY_SH), "e2e-lock-a"], lambda: stack.rollout("deploy", "e2e-lock-b"), "rollout")
+        race([str(ROLLOUT), "--engine", "docker", "deploy", "e2e-lock-c"],
+             lambda: stack.deploy("e2e-lock-d"), "deploy.sh")
+
+    result, _ = load_during(stack.url, both, requests=10_000)
+    for key, first_cmd in (("rollout", "deploy.sh e2e-lock-a"), ("deploy.sh", "deploy e2e-lock-c")):
+        second, took, pid = seen[key]  # type: ignore[misc]
+        said = second.stdout + second.stderr
+        assert second.returncode == 1 and took < 1.5, (key, took, said)
+        assert "another deploy holds this stack: " in said and str(pid) in said and first_cmd in said, said
+    stack.version = "e2e-lock-c"
+    assert_no_failures(result, 10_000)
+    assert "e2e-lock-b" not in result.versions and "e2e-lock-d" not in result.versions
+    assert set(stack.versions().values()) == {"e2e-lock-c"}
 
 
 @pytest.mark.parametrize("stop_first", [False, True])

@@ -133,6 +133,9 @@ def assert_agent_is_pid1(stack: ExampleStack, container: Container, app: list[st
     """PID 1 runs the one-file agent with the app's command after `--`; the agent answers `ready`."""
     cmdline = stack.exec(container, "cat", "/proc/1/cmdline").split("\0")
     assert cmdline[:2] == ["drain-agent", "--"] and cmdline[2:2 + len(app)] == app, cmdline
+    # No drain notice the app did not ask for (an app without a SIGUSR1 handler dies of it).
+    environ = stack.exec(container, "cat", "/proc/1/environ").split("\0")
+    assert not [e for e in environ if e.startswith("DRAIN_AGENT_DRAIN_NOTIFY=")], environ
     state = stack.exec(container, "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/9200 && cat <&3")
     assert state == "ready\n", state
     # The app got the environment the agent was given, not the one-file bootloader's (its

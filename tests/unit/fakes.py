@@ -169,6 +169,10 @@ class FakeWorld:
     def fleet_instances(self) -> list[Instance]:
         return [s.instance for s in self.running()]
 
+    def settle(self) -> list[str]:
+        self.calls.append("settle")
+        return []
+
     def prepare(self, version: str | None, env: Mapping[str, str]) -> None:
         self.calls.append(f"prepare {version}")
 

@@ -115,7 +115,7 @@ def test_a_new_server_is_never_counted_as_old_even_before_it_is_watched() -> Non
 
 def test_undo_returns_to_the_release_before_the_last_good_deploy(tmp_path: Path) -> None:
     history = History(tmp_path / "history.json")
-    with pytest.raises(RolloutError, match="no successful deploy"):
+    with pytest.raises(RolloutError, match="no deploy in"):
         history.undo_target()
     history.end(history.begin("up", Release("v1"), None), "ok")
     with pytest.raises(RolloutError, match="first release"):
@@ -132,8 +132,24 @@ def test_undo_returns_to_the_release_before_the_last_good_deploy(tmp_path: Path)
 
 def test_a_deploy_the_tool_did_not_finish_shows_as_running(tmp_path: Path) -> None:
     history = History(tmp_path / "history.json")
-    history.begin("deploy", Release("v2"), Release("v1"))
-    assert [e.result for e in History(tmp_path / "history.json").entries()] == ["running"]
+    history.end(history.begin("up", Release("v1"), None, size=3), "ok")
+    assert history.interrupted() is None
+    history.begin("deploy", Release("v2"), Release("v1"), size=3)
+    entries = History(tmp_path / "history.json").entries()
+    assert [(e.result, e.size) for e in entries] == [("ok", 3), ("running", 3)]
+    assert history.interrupted() == entries[-1]
+
+
+def test_undo_after_a_halted_or_interrupted_deploy_returns_to_the_release_before_it(tmp_path: Path) -> None:
+    history = History(tmp_path / "history.json")
+    history.end(history.begin("up", Release("v1"), None), "ok")
+    history.end(history.begin("deploy", Release("v2"), Release("v1")), "ok")
+    history.end(history.begin("restart", Release("v2"), Release("v2")), "ok")  # changes no release
+    assert history.undo_target()[1] == Release("v1")
+    history.end(history.begin("deploy", Release("v3"), Release("v2")), "halted")  # part on v3
+    assert history.undo_target()[1] == Release("v2")
+    history.begin("deploy", Release("v4"), Release("v2"))  # the tool died during it
+    assert history.undo_target()[1] == Release("v2")
 
 
 @pytest.mark.parametrize("content", ["", "{", "[{\"number\": 1}]", "[1]", "\"x\""])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -175,3 +176,15 @@ def test_agent_config_errors(argv: list[str], env: dict[str, str], message: str)
 def test_service_config_errors(env: dict[str, str], message: str) -> None:
     with pytest.raises(ServiceConfigError, match=message):
         ServiceConfig.from_env(env)
+
+
+def test_the_drain_notice_belongs_to_the_reference_image_not_to_what_adopters_copy() -> None:
+    """An app with no SIGUSR1 handler dies of it: the compose files and the stack file (which
+    adopters point at their own image) send none; the reference image's CMD asks for it, and a
+    CMD of one's own replaces it whole."""
+    root = Path(__file__).parents[2]
+    for name in ("docker-compose.yml", "docker-compose.bluegreen.yml", "deploy/stack.yml",
+                 "examples/node/docker-compose.yml", "examples/gunicorn/docker-compose.yml"):
+        assert "DRAIN_NOTIFY" not in (root / name).read_text(), name
+    cmd = [line for line in (root / "service/Dockerfile").read_text().splitlines() if line.startswith("CMD ")]
+    assert cmd == ['CMD ["--drain-notify", "SIGUSR1", "--", "python", "-m", "service"]']

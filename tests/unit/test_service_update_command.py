@@ -26,3 +26,11 @@ def test_without_them_the_stack_files_settings_stay() -> None:
     assert command == ["service", "update", "--detach", "--force", "--env-add", "A=b c", "zdh_app"]
     with pytest.raises(RolloutError, match="start-first or stop-first"):
         update_command(Stack(), None, {}, "sideways", None)  # type: ignore[arg-type]
+
+
+def test_the_slot_budget_counts_the_parallelism_asked_for() -> None:
+    from deploy.engines.swarm import check_slot_budget
+
+    check_slot_budget(3, 1, 7, "HAProxy has")  # 3 old rows held while they drain, 3 new, 1 beside
+    with pytest.raises(RolloutError, match=r"3 replicas updated 3 at a time need 9 server slots .*; HAProxy has 8"):
+        check_slot_budget(3, 3, 8, "HAProxy has")
