@@ -107,6 +107,12 @@ async def serve(config: AgentConfig, metrics: Metrics) -> int:
     except OSError as exc:
         raise AgentError(f"cannot listen on {config.agent_bind}:{config.agent_port} "
                          f"(--agent-port): {exc.strerror or exc}") from None
+    try:
+        await metrics.start()
+    except OSError as exc:
+        responder.close()
+        raise AgentError(f"cannot listen on 0.0.0.0:{config.metrics_port} (--metrics-port): "
+                         f"{exc.strerror or exc}") from None
     agent.event("agent.listening", port=config.agent_port,
                 haproxies=",".join(config.haproxy_stats))
     try:

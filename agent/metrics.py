@@ -6,12 +6,22 @@ the agent should cost as little memory as it can (about 5 MiB less without it).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Protocol
 
 from agent.events import AgentState
 
+# The metrics port is open to every container of the network: a bounded number of scrapers at a
+# time, each with a short deadline, served on the agent's own event loop (no thread per
+# connection inside PID 1). Beyond that a connection is closed at once.
+MAX_SCRAPERS = 8
+SCRAPE_TIMEOUT_S = 2.0
+MAX_REQUEST_HEAD = 4096
+
 
 class Metrics(Protocol):
+    async def start(self) -> None: ...
     def record_state(self, state: AgentState) -> None: ...
     def record_drain(self, seconds: float) -> None: ...
     def record_time_to_ready(self, seconds: float) -> None: ...
@@ -19,6 +29,9 @@ class Metrics(Protocol):
 
 
 class NoMetrics:
+    async def start(self) -> None:
+        pass
+
     def record_state(self, state: AgentState) -> None:
         pass
 
@@ -40,7 +53,6 @@ class PrometheusMetrics:
             Enum,
             Gauge,
             Histogram,
-            start_http_server,
         )
 
         self.registry = CollectorRegistry()
@@ -65,7 +77,45 @@ class PrometheusMetrics:
             "HAProxy stats reads that failed (unreachable, timeout, error reply).",
             registry=self.registry,
         )
-        start_http_server(port, registry=self.registry)
+        self.port = port
+        self.scrapers = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self.answer, "0.0.0.0", self.port, reuse_address=True,
+                                                 limit=MAX_REQUEST_HEAD)
+
+    async def answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.scrapers >= MAX_SCRAPERS:
+            writer.close()
+            return
+        self.scrapers += 1
+        try:
+            async with asyncio.timeout(SCRAPE_TIMEOUT_S):
+                head = await reader.readuntil(b"\r\n\r\n")
+                writer.write(self.response(head))
+                await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
+            pass
+        finally:
+            self.scrapers -= 1
+            with contextlib.suppress(OSError):
+                writer.close()
+
+    def response(self, head: bytes) -> bytes:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        parts = head.split(b" ", 2)
+        if len(parts) == 3 and parts[0] == b"GET" and parts[1].split(b"?")[0] == b"/metrics":
+            status, kind, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest(self.registry)
+        else:
+            status, kind, body = "404 Not Found", "text/plain", b"not found: GET /metrics\n"
+        return (f"HTTP/1.1 {status}\r\ncontent-type: {kind}\r\ncontent-length: {len(body)}\r\n"
+                f"connection: close\r\n\r\n").encode() + body
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
 
     def record_state(self, state: AgentState) -> None:
         self.state.state(state.value)

@@ -24,7 +24,7 @@ from starlette.routing import Route
 from service.config import ServiceConfig
 from service.drain import DrainMiddleware, DrainState
 from service.metrics import MetricsMiddleware, ServiceMetrics
-from service.streams import stream_routes
+from service.streams import stream_routes, whole_number
 
 MAX_DELAY_MS = 60_000
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -53,17 +53,20 @@ def create_app(config: ServiceConfig, state: DrainState | None = None, *, drain:
 
     async def cms_get(request: Request) -> Response:
         raw = request.query_params.get("delay_ms", "0")
-        if not raw.isdigit() or int(raw) > MAX_DELAY_MS:
-            return error(400, f"delay_ms must be an integer from 0 to {MAX_DELAY_MS}, got {raw!r}")
-        delay_ms = int(raw)
+        delay_ms = whole_number(raw, MAX_DELAY_MS)
+        if delay_ms is None:
+            return error(400, f"delay_ms must be an integer from 0 to {MAX_DELAY_MS}, got {raw[:20]!r}")
         if delay_ms:
             await asyncio.sleep(delay_ms / 1000)
         return JSONResponse({**identity, "delay_ms": delay_ms})
 
     async def cms_post(request: Request) -> Response:
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > config.max_body_bytes:
-            return error(413, f"body over {config.max_body_bytes} bytes")
+        if declared is not None:
+            if not (declared.isascii() and declared.isdigit()):
+                return error(400, "Content-Length must be a number")
+            if len(declared) > 15 or int(declared) > config.max_body_bytes:
+                return error(413, f"body over {config.max_body_bytes} bytes")
         try:
             body = await read_body(request, config.max_body_bytes)
         except BodyTooLarge:

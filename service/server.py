@@ -27,7 +27,7 @@ import uvicorn
 
 from service.config import ServiceConfig
 from service.drain import DrainState
-from service.streams import QuietWebSocketLines, protocol_for
+from service.streams import MAX_WS_MESSAGE_BYTES, QuietWebSocketLines, protocol_for
 
 log = logging.getLogger("service")
 
@@ -140,5 +140,6 @@ def build_server(service: ServiceConfig, *, drain: bool = True) -> DrainingServe
         timeout_graceful_shutdown=max(1, int(service.shutdown_timeout_s)),
         server_header=False,
         ws=protocol_for(state.streams) or "none",  # needs the `websockets` package
+        ws_max_size=MAX_WS_MESSAGE_BYTES,
     )
     return DrainingServer(config, service, state)

@@ -61,6 +61,9 @@ EVENT_INTERVAL_MS = 1000  # /events default
 MIN_INTERVAL_MS, MAX_INTERVAL_MS = 10, 10_000  # < HAProxy's timeout client/server: never idle
 CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 MAX_SEQ = 2**53  # JSON-safe
+# The largest WebSocket message the service reads (uvicorn's default is 16 MiB, each parsed on
+# the event loop): a larger one closes the connection with 1009 (message too big).
+MAX_WS_MESSAGE_BYTES = 64 * 1024
 # After a release, how long the service's own SIGTERM drain waits for the clients' close
 # replies before its shutdown cuts the sockets left. The agent's --drain-timeout is the bound
 # in a deploy: a socket still open then was sent its close long before, and is cut at once.
@@ -81,14 +84,23 @@ def format_event(n: int, identity: dict[str, str]) -> str:
     return f"id: {n}\nevent: tick\ndata: {data}\n\n"
 
 
+ASCII_DIGITS = re.compile(r"[0-9]{1,15}")
+
+
+def whole_number(raw: str, high: int) -> int | None:
+    """A request's number: ASCII digits only (`str.isdigit` also takes '²', which `int` refuses),
+    at most `high`; None otherwise, for a 400, never a 500."""
+    if not ASCII_DIGITS.fullmatch(raw):
+        return None
+    value = int(raw)
+    return value if value <= high else None
+
+
 def parse_last_event_id(raw: str | None) -> int | None:
     """The id to continue after (0: from the start); None if it is not an event id of ours."""
     if raw is None or raw == "":
         return 0
-    raw = raw.strip()
-    if not raw.isdigit() or len(raw) > 15:
-        return None
-    return int(raw)
+    return whole_number(raw.strip(), 10**15 - 1)
 
 
 def parse_message(text: str) -> tuple[int, object] | None:
@@ -304,10 +316,11 @@ def stream_routes(
         if streams.released.is_set():
             return unavailable()
         raw = request.query_params.get("interval_ms", str(EVENT_INTERVAL_MS))
-        if not raw.isdigit() or not MIN_INTERVAL_MS <= int(raw) <= MAX_INTERVAL_MS:
+        interval_ms = whole_number(raw, MAX_INTERVAL_MS)
+        if interval_ms is None or interval_ms < MIN_INTERVAL_MS:
             return JSONResponse({"error": f"interval_ms must be an integer from {MIN_INTERVAL_MS} "
                                           f"to {MAX_INTERVAL_MS}, got {raw[:20]!r}"}, 400)
-        interval_s = int(raw) / 1000
+        interval_s = interval_ms / 1000
         after = parse_last_event_id(request.headers.get("last-event-id",
                                                         request.query_params.get("last_event_id")))
         if after is None:

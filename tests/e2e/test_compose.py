@@ -79,7 +79,9 @@ def test_up_three_containers_found_by_address_round_robin_locked_down(healthy_st
 
     for container in containers:
         cmdline = stack.exec(container, "cat", "/proc/1/cmdline").split("\0")
-        assert "/drain-agent" in cmdline[1] and cmdline[2:5] == ["python", "-m", "service"], cmdline
+        # The reference image's CMD: the drain notice its service handles, then the service.
+        assert "/drain-agent" in cmdline[1] and cmdline[2:8] == [
+            "--drain-notify", "SIGUSR1", "--", "python", "-m", "service"], cmdline
         assert stack.exec(container, "id", "-u").strip() == "10001"
 
     # Published: the frontend and the stats page, on loopback; the Runtime API is not.

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -271,11 +272,22 @@ def test_missing_and_unrunnable_commands(procs: Processes, haproxy: HAProxy, tmp
 
 
 def test_agent_metrics(procs: Processes, haproxy: HAProxy) -> None:
+    from agent.metrics import SCRAPE_TIMEOUT_S
     from tests.conftest import free_port
 
     metrics_port = free_port()
-    start_agent(procs, haproxy, haproxy.app_ports[0], "--metrics-port", str(metrics_port))
+    agent = start_agent(procs, haproxy, haproxy.app_ports[0], "--metrics-port", str(metrics_port))
     wait_for(lambda: haproxy.server("app1").status == "UP", what="app1 UP")
+    # 300 idle connections (anyone on the network can open them): no thread each in PID 1, a
+    # scrape gets through once their deadline cut them, and the instance stays UP.
+    idle = [socket.create_connection(("127.0.0.1", metrics_port)) for _ in range(300)]
+    status = Path(f"/proc/{agent.pid}/status").read_text()
+    assert int(re.search(r"Threads:\s+(\d+)", status)[1]) < 10, status  # type: ignore[index]
+    time.sleep(SCRAPE_TIMEOUT_S + 0.5)
+    for conn in idle:
+        conn.close()
+    assert httpx.get(f"http://127.0.0.1:{metrics_port}/nothing").status_code == 404
+    assert haproxy.server("app1").status == "UP"
     text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
     assert 'drain_agent_state{drain_agent_state="ready"} 1.0' in text
     ready_s = float(next(line.split()[1] for line in text.splitlines()

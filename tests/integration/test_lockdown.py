@@ -134,3 +134,48 @@ def test_public_clients_see_the_service_not_its_metrics_or_pid(guarded: HAProxy)
     direct = f"http://127.0.0.1:{guarded.app_ports[0]}"  # operators, on the instance itself
     assert "pid" in httpx.get(f"{direct}/version").json()
     assert "service_requests_total" in httpx.get(f"{direct}/metrics").text
+
+
+def test_thousands_of_idle_connections_to_the_stats_port_starve_neither_the_frontend_nor_a_drain(
+        stack_factory) -> None:  # type: ignore[no-untyped-def]
+    """An app container that holds sockets on every port it can reach (here from 127.0.0.2, as a
+    container has its own address): the stats page is read by every agent, so its connections
+    are bounded apart from the public frontend's, per source, and idle ones are cut."""
+    import threading
+
+    from deploy.strategies.rolling import rolling_restart
+    from tests.conftest import load_during
+
+    engine = stack_factory()
+    baseline = rolling_restart(engine, None, {}, 60, lambda event: None)
+    assert baseline.error is None
+    stop, held = threading.Event(), []
+
+    def flood() -> None:
+        while not stop.is_set():
+            for _ in range(200):
+                conn = socket.socket()
+                conn.setblocking(False)
+                conn.bind(("127.0.0.2", 0))
+                with contextlib.suppress(BlockingIOError, OSError):
+                    conn.connect(("127.0.0.1", engine.stack.stats_port))
+                held.append(conn)
+            while len(held) > 5000:
+                held.pop(0).close()
+            time.sleep(0.1)
+
+    flooder = threading.Thread(target=flood)
+    flooder.start()
+    try:
+        time.sleep(2)
+        result, restart = load_during(engine.frontend_url(), lambda: rolling_restart(
+            engine, None, {}, 60, lambda event: None), requests=6_000, start_after_s=0.5)
+    finally:
+        stop.set()
+        flooder.join()
+        for conn in held:
+            conn.close()
+    assert restart.error is None, restart.error  # type: ignore[attr-defined]
+    assert result.failed == 0, result.failures
+    flooded_s, usual_s = sum(restart.seconds.values()), sum(baseline.seconds.values())  # type: ignore[attr-defined]
+    assert flooded_s < 2 * usual_s + 3, (flooded_s, usual_s)

@@ -237,3 +237,22 @@ def test_clients_that_ignore_the_close_are_cut_at_the_drain_timeout_and_counted(
     assert_streams_whole(streams, sorted(tmp_path.glob("ledger-*.log")))
     for conn in deaf:
         conn.close()
+
+
+def test_a_websocket_message_over_the_limit_is_a_1009_close_and_the_service_goes_on(
+    procs: Processes, haproxy: HAProxy, tmp_path: Path,
+) -> None:
+    from service.streams import MAX_WS_MESSAGE_BYTES
+
+    start_pool(procs, haproxy, tmp_path)
+    for size, closed in ((MAX_WS_MESSAGE_BYTES - 64, False), (MAX_WS_MESSAGE_BYTES + 1, True)):
+        conn = raw_websocket(haproxy.port, f"big{size}")
+        payload = b'{"seq":1,"data":"' + b"x" * (size - 19) + b'"}'  # `size` bytes
+        conn.sendall(bytes([0x81, 0x80 | 127]) + len(payload).to_bytes(8, "big") + b"\0\0\0\0" + payload)
+        reply = conn.recv(4096)
+        if closed:
+            assert reply[:1] == b"\x88" and reply[2:4] == (1009).to_bytes(2, "big"), reply[:20]
+        else:
+            assert reply[:1] == b"\x81" and b'"seq":1' in reply, reply[:80]
+        conn.close()
+    assert wait_for(lambda: haproxy.server("app1").status == "UP", what="still UP")

@@ -39,12 +39,21 @@ def test_get_cms_reports_identity_and_delay() -> None:
     assert (body["instance"], body["version"], body["delay_ms"]) == ("app1", "v9", 5)
 
 
-@pytest.mark.parametrize("value", ["-1", "abc", "60001", "1.5", ""])
+@pytest.mark.parametrize("value", ["-1", "abc", "60001", "1.5", "", "%C2%B2", "%D9%A3", "9" * 5000, "+5", " 5"])
 def test_bad_delay_is_a_400_with_a_clear_message(value: str) -> None:
     app, _ = ready_app()
     response = run(call(app, "GET", f"/cms?delay_ms={value}"))
     assert response.status_code == 400
     assert "delay_ms must be an integer from 0 to 60000" in response.json()["error"]
+
+
+@pytest.mark.parametrize(("length", "status"), [("²", 400), ("-1", 400), ("1e3", 400), ("9" * 5000, 413),
+                                                ("99999999999999999999", 413)])
+def test_a_content_length_that_is_not_ascii_digits_is_a_400_and_a_huge_one_a_413(length: str, status: int) -> None:
+    app, _ = ready_app()
+    headers = [(b"content-length", length.encode()), (b"content-type", b"application/json")]
+    scope_call = call(app, "POST", "/cms", content=b"{}", headers=headers)
+    assert run(scope_call).status_code == status
 
 
 def test_post_is_recorded_once_with_length_and_hash(tmp_path: Path) -> None:

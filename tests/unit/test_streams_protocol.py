@@ -56,7 +56,7 @@ def test_sse_decoder_handles_split_chunks_crlf_comments_and_retry() -> None:
 
 
 @pytest.mark.parametrize(("raw", "after"), [(None, 0), ("", 0), ("41", 41), (" 7 ", 7), ("-1", None),
-                                            ("x", None), ("1" * 16, None)])
+                                            ("x", None), ("1" * 16, None), ("²", None)])
 def test_last_event_id(raw: str | None, after: int | None) -> None:
     assert parse_last_event_id(raw) == after
 
@@ -225,6 +225,8 @@ def test_event_stream_resumes_after_last_event_id_and_ends_cleanly_on_release(tm
             server.state.streams.released_at = None
             assert (await client.get("/events", headers={"last-event-id": "x"})).status_code == 400
             assert (await client.get("/events?interval_ms=1")).status_code == 400
+            for bad in ("%C2%B2", "9" * 5000, "%D9%A3%D9%A3"):
+                assert (await client.get(f"/events?interval_ms={bad}")).status_code == 400, bad
 
     run(tmp_path, scenario)
 
