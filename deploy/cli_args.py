@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--ready-path", default="/readyz",
                     help="the app's readiness path: HAProxy's health check and the agent's probe "
                          "(default /readyz)")
+    up.add_argument("--version-path", metavar="PATH",
+                    help="local: where the app answers {\"version\": ...}, asked as each new instance "
+                         "comes UP (default /version for the reference service; for another app "
+                         "none: the version is the one rollout started it with)")
     up.add_argument("--start-timeout", type=seconds, default=60.0,
                     help="max seconds for an instance to become ready (default 60)")
     up.add_argument("--agent-base-port", type=int, default=env_int("AGENT_BASE_PORT", 9201),

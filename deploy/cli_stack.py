@@ -10,7 +10,7 @@ from pathlib import Path
 from deploy.cli_args import READY_PATH, env_int
 from deploy.engines.base import Engine
 from deploy.engines.compose import DockerEngine, find_stack
-from deploy.engines.local import LocalEngine, LocalStack, app_argv
+from deploy.engines.local import REFERENCE_SERVICE, LocalEngine, LocalStack, app_argv
 from deploy.engines.swarm import SwarmEngine
 from deploy.errors import RolloutError
 from deploy.history import History
@@ -41,6 +41,15 @@ def make_local_engine(args: argparse.Namespace) -> LocalEngine:
         if not READY_PATH.fullmatch(args.ready_path):
             raise RolloutError(f"--ready-path {args.ready_path[:80]!r}: expected a path such as "
                                "/healthz (letters, digits, '/', '.', '_', '-', '~')", exit_code=2)
+        version_path = (args.version_path if args.version_path is not None
+                        else "/version" if args.app_command == REFERENCE_SERVICE else "")
+        if version_path and not READY_PATH.fullmatch(version_path):
+            raise RolloutError(f"--version-path {version_path[:80]!r}: expected a path such as /version "
+                               "(or '' not to ask the app)", exit_code=2)
+        if args.no_agent and not version_path:
+            raise RolloutError("--no-agent needs --version-path: without the agent holding a new process "
+                               "out until it is ready, only the app's own word tells it from the old one",
+                               exit_code=2)
         if not 0 < args.start_timeout <= 3600:
             raise RolloutError(f"--start-timeout {args.start_timeout}: must be 0..3600 s", exit_code=2)
         stack = LocalStack(
@@ -49,7 +58,7 @@ def make_local_engine(args: argparse.Namespace) -> LocalEngine:
             app_base_port=args.app_base_port, agent_base_port=args.agent_base_port,
             version=args.version, agent=not args.no_agent,
             app_command=args.app_command, app_dir=os.getcwd(), ready_path=args.ready_path,
-            start_timeout_s=args.start_timeout,
+            start_timeout_s=args.start_timeout, version_path=version_path,
             blue_green=args.blue_green,
             retry_on=args.retry_on, retries=args.retries,
         )

@@ -32,8 +32,10 @@
 #
 # Environment: VERSION (or the first argument), DEPLOY_TIMEOUT (per container, default 90 s),
 # DEPLOY_SERVICE (default app), DEPLOY_APP_PORT (the app's port in the container, 8000),
-# DEPLOY_VERSION_URL (inside the container, default http://127.0.0.1:8000/version; empty: skip the
-# version check, e.g. for an image with no python). Everything else (COMPOSE_PROJECT_NAME,
+# DEPLOY_VERSION_URL (empty by default: a new container counts as on VERSION because deploy.sh
+# created it from that image, and as started once HAProxy's own check has it UP; set, e.g.
+# http://127.0.0.1:8000/version, the app's own word is asked too, with python inside the
+# container). Everything else (COMPOSE_PROJECT_NAME,
 # COMPOSE_FILE, ZDH_*, SERVICE_WARMUP_S, ...) goes to docker compose as it is.
 set -euo pipefail
 
@@ -68,7 +70,7 @@ version=${version_arg:-$version}
   || { echo "deploy.sh: DEPLOY_MAX_ERROR_RATE '$max_error_rate' must be a share from 0 to 1" >&2; exit 2; }
 service=${DEPLOY_SERVICE:-app}
 app_port=${DEPLOY_APP_PORT:-8000}
-version_url=${DEPLOY_VERSION_URL-http://127.0.0.1:8000/version}
+version_url=${DEPLOY_VERSION_URL-}
 
 # The compose file's directory, unless COMPOSE_FILE says otherwise (made absolute first).
 if [ -n "${COMPOSE_FILE:-}" ]; then COMPOSE_FILE=$(realpath "$COMPOSE_FILE"); export COMPOSE_FILE; fi

@@ -53,12 +53,6 @@ STOP_GRACE_S = 100.0  # as the compose file's stop_grace_period: > drain 70 s + 
 RECREATE_TIMEOUT_S = STOP_GRACE_S + 60
 QUICK_TIMEOUT_S = 15.0
 LOG_LINES_KEPT = 40  # of each container this engine removes
-VERSION_SCRIPT = """
-import json, os, urllib.request as u
-port = os.environ.get("SERVICE_PORT", "8000")
-opener = u.build_opener(u.ProxyHandler({}))
-print(json.load(opener.open(f"http://127.0.0.1:{port}/version", timeout=2))["version"])
-"""
 # One Runtime API command, run inside the haproxy container: HAProxy answers and closes.
 RUNTIME_API_SCRIPT = 'exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1; printf "%s\\n" "$2" >&3; cat <&3'
 # Before a reload, inside the haproxy container: the servers' states and addresses, where the
@@ -366,11 +360,9 @@ class DockerEngine:
         return new
 
     def version_of(self, instance: Instance) -> str | None:
-        try:
-            answer = docker("exec", instance.name, "python", "-c", VERSION_SCRIPT, timeout_s=5.0)
-        except RolloutError:
-            return None
-        return answer.strip() or None
+        """The version the container was created with (its SERVICE_VERSION, else its image's tag):
+        nothing is asked of the app, whose image may hold nothing but itself and the agent."""
+        return self.configured_version(instance)
 
     def start_failure(self, instance: Instance) -> str | None:
         return None  # a container that gives up is restarted by Docker; the timeout decides
@@ -473,8 +465,19 @@ class DockerEngine:
         return result.returncode == 0 and bool(result.stdout.strip())
 
     def configured_version(self, instance: Instance) -> str | None:
-        """SERVICE_VERSION the instance's container was created with (None if it has none)."""
-        return (self.container_env(instance.name) or {}).get("SERVICE_VERSION") or None
+        """SERVICE_VERSION the instance's container was created with, else its image's tag
+        (None for a container that is gone)."""
+        env = self.container_env(instance.name)
+        if env is None:
+            return None
+        if env.get("SERVICE_VERSION"):
+            return env["SERVICE_VERSION"]
+        try:
+            image = docker("inspect", "--format", "{{.Config.Image}}", instance.name).strip()
+        except RolloutError:
+            return None
+        name, _, tag = image.rpartition(":")
+        return tag if name and "/" not in tag else None
 
     def check_release(self, version: str | None, env: Mapping[str, str]) -> None:
         self.check_passed_through(env)

@@ -75,6 +75,9 @@ class LocalStack:
     app_dir: str = "."
     ready_path: str = "/readyz"
     start_timeout_s: float = 60.0  # the agent's --start-timeout
+    # Where the app says its version (JSON {"version": ...}); "": the app is not asked, the
+    # version is the one this stack started the program with (releases.json).
+    version_path: str = "/version"
     server_options: str = ""  # extra options on every server line (HAPROXY_SERVER_OPTS), e.g. "maxconn 32"
 
     @property
@@ -700,11 +703,22 @@ stdout_logfile={self.root / "logs" / f"{instance.name}.log"}
         self.log_marks[instance.name] = path.stat().st_size if path.exists() else 0
 
     def version_of(self, instance: Instance) -> str | None:
+        """The app's own word when the stack has a version path; otherwise the version this
+        stack started the running program with (nothing asked of the app). UP itself always
+        comes from HAProxy's check, and the agent keeps a new process out (maint) until ready."""
+        if self.stack.version_path:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{self.app_port(instance)}{self.stack.version_path}",
+                                     timeout=1.0)
+                return str(response.json()["version"])
+            except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                return None
         try:
-            response = httpx.get(f"http://127.0.0.1:{self.app_port(instance)}/version", timeout=1.0)
-            return str(response.json()["version"])
-        except (httpx.HTTPError, ValueError, KeyError):
+            running = self.supervisor("getProcessInfo", instance.name)["statename"] == "RUNNING"
+        except (OSError, xmlrpc.client.Error):
             return None
+        release = self.release_of(instance) if running else None
+        return release.version if release else None
 
 
 def port_in_use(port: int) -> bool:

@@ -35,7 +35,7 @@ from typing import Any
 from agent.errors import HAProxyError
 from agent.haproxy import ServerStat, StatsPage
 from deploy.engines.base import BACKEND, Finished, Instance, Release, check_version
-from deploy.engines.compose import RUNTIME_API_SCRIPT, STATE_DUMP_SCRIPT, VERSION_SCRIPT
+from deploy.engines.compose import RUNTIME_API_SCRIPT, STATE_DUMP_SCRIPT
 from deploy.errors import RolloutError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -491,19 +491,9 @@ class SwarmEngine:
                             timestamp(str(status.get("CompletedAt", ""))), str(status.get("Message", "")))
 
     def version_of(self, instance: Instance) -> str | None:
-        """What the task's app answers on /version (through `docker exec` on this node); a task on
-        another node: the version it was configured with."""
+        """The version the task was created with (its spec): nothing is asked of the app."""
         task = self.task_of(instance)
-        if task is None or not task.container:
-            return None
-        if task.node != self.node:
-            return task.version
-        try:
-            answer = self.docker("exec", task.container, "python", "-c", VERSION_SCRIPT, timeout_s=5.0)
-        except RolloutError:
-            return None
-        return answer.strip() or None
-
+        return task.version if task is not None and task.container else None
     def start_failure(self, instance: Instance) -> str | None:
         task = self.task_of(instance)
         if task is not None and task.state in ("failed", "rejected", "orphaned"):

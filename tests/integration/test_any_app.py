@@ -7,9 +7,12 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from deploy.engines.local import LocalEngine, pid_alive, port_in_use
@@ -150,3 +153,62 @@ def test_adopt_it_in_your_service_local_steps(installed: Path, tmp_path: Path) -
         assert "failed     0" in check.stdout
     finally:
         assert rollout(installed, app, "down").returncode == 0
+
+
+def plain_load(url: str, until: Callable[[], bool], clients: int = 8) -> tuple[int, list[str]]:
+    """GETs from `clients` threads until `until()`: the answers, and every failure (a status
+    other than 200 or a transport error). Nothing is re-sent."""
+    answered, failures, lock = [0], [], threading.Lock()
+
+    def client() -> None:
+        with httpx.Client(timeout=10, transport=httpx.HTTPTransport(retries=0)) as http:
+            while not until():
+                try:
+                    status = http.get(url).status_code
+                    outcome = None if status == 200 else f"http {status}"
+                except httpx.HTTPError as exc:
+                    outcome = type(exc).__name__
+                with lock:
+                    answered[0] += outcome is None
+                    if outcome:
+                        failures.append(outcome)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return answered[0], failures
+
+
+def test_an_app_that_knows_nothing_of_versions_is_deployed_with_zero_failed(tmp_path: Path) -> None:
+    """`python3 -m http.server`: no /version, no /readyz, no JSON. The version gate is what
+    rollout started (and HAProxy's own UP), not the app's word."""
+    state, flags = tmp_path / "state", ports()
+    rollout_bin = str(Path(sys.executable).with_name("rollout"))
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([rollout_bin, "--state-dir", str(state), *args], capture_output=True,
+                              text=True, timeout=300, cwd=tmp_path)
+
+    up = run("up", "-d", *flags, "--app-command", "python3 -m http.server {port} --bind 127.0.0.1",
+             "--ready-path", "/")
+    try:
+        assert up.returncode == 0, up.stderr
+        url = f"http://127.0.0.1:{flags[1]}/"
+        done: list[subprocess.CompletedProcess[str]] = []
+        loader = threading.Thread(target=lambda: done.append(run("deploy", "v2", "--watch-for", "1")))
+        loader.start()
+        answered, failures = plain_load(url, lambda: bool(done))
+        loader.join()
+        assert done[0].returncode == 0, done[0].stderr
+        assert answered > 200 and failures == [], (answered, failures[:10])
+        status = run("status").stdout.splitlines()
+        assert [line.split()[-1] for line in status[1:]] == ["v2", "v2", "v2"], status
+        # Control: the same load on a port nothing listens on counts every request as failed.
+        stop_at = time.monotonic() + 1
+        _, cut = plain_load(f"http://127.0.0.1:{free_port()}/", lambda: time.monotonic() > stop_at, clients=1)
+        assert cut and set(cut) == {"ConnectError"}
+    finally:
+        run("down")
+    assert not processes_mentioning(str(state))
