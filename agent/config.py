@@ -194,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
             metavar=field.upper().removesuffix("_S") if kind is not str else None,
             help=f"{HELP[flag]}{shown}; env {env_name(flag)}",
         )
+    from agent import __version__
+
+    parser.add_argument("--version", action="version", version=f"drain-agent {__version__}")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the app command, after --")
     return parser
 

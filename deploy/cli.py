@@ -29,16 +29,17 @@ from deploy.cli_args import (
     parse_env,
 )
 from deploy.cli_stack import MUTATING, history_of, lock_path, make_engine
+from deploy.cli_status import cmd_status
 from deploy.core.analysis import Thresholds
 from deploy.core.plan import Plan, Repair
 from deploy.engines.base import Engine, Release
 from deploy.engines.swarm import SwarmEngine
 from deploy.errors import RolloutError
 from deploy.history import table
-from deploy.lock import deploy_lock, holder
+from deploy.lock import deploy_lock
 from deploy.model import Event, RestartResult
 from deploy.strategies import bluegreen
-from deploy.strategies.rolling import batch_size, read_servers, row_of, run_plan, wait_ready
+from deploy.strategies.rolling import batch_size, run_plan, wait_ready
 from deploy.strategies.service_update import service_update
 
 T = TypeVar("T")
@@ -181,44 +182,6 @@ def run_in_foreground(engine: Engine) -> int:
         time.sleep(1.0)
     say("stopping ...")
     engine.down()
-    return 0
-
-
-def cmd_status(engine: Engine, args: argparse.Namespace) -> int:
-    servers = read_servers(engine)
-    deploying = holder(lock_path(engine, args))
-    try:
-        last = history_of(engine, args).entries()[-1:]
-    except RolloutError as exc:  # the servers are still worth showing
-        last = []
-        say(str(exc))
-    if deploying:
-        print(f"deploying: {deploying}")
-    elif last and last[0].result == "running":
-        print(f"interrupted: #{last[0].number} ({last[0].action} {last[0].release}) did not finish, the "
-              "tool died during it; `rollout deploy VERSION` or `rollout undo` converges and completes")
-    blue_green = engine.blue_green
-    if blue_green:
-        live, saved = bluegreen.active_color(engine), bluegreen.file_color(engine)
-        note = "" if live == saved else f" (map file says {saved}: a HAProxy restart would switch!)"
-        print(f"active: {live}{note}")
-    rows: list[tuple[str, ...]] = [("SERVER", "HAPROXY", "SESSIONS", "QUEUED", "VERSION")]
-    if blue_green:
-        rows = [("POOL", *rows[0])]
-    for instance in engine.instances():
-        stat = row_of(servers, instance)
-        pool = (instance.backend,) if blue_green else ()
-        rows.append((
-            *pool,
-            instance.name,
-            stat.status if stat else "missing",
-            str(stat.scur) if stat else "-",
-            str(stat.qcur) if stat else "-",
-            engine.version_of(instance) or "-",
-        ))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     return 0
 
 

@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--state-dir", default=env_default("STATE_DIR", ".rollout"),
                         help="where the local stack keeps its files (default .rollout; env "
                              "ROLLOUT_STATE_DIR)")
+    from agent import __version__
+
+    parser.add_argument("--version", action="version", version=f"rollout {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = sub.add_parser("up", help="start HAProxy and the instances; wait until all are UP")
@@ -92,7 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--retries", type=int, default=3, help="HAProxy retries (default 3)")
 
     sub.add_parser("down", help="stop everything (instances drain first)")
-    sub.add_parser("status", help="table of servers: HAProxy state, sessions, version")
+    status = sub.add_parser("status", help="table of servers: HAProxy state, sessions, version",
+                            description="Each instance: its state in HAProxy, sessions, queue and "
+                                        "version; a deploy in progress or one the tool did not finish.",
+                            epilog="examples:\n  rollout status\n"
+                                   "  rollout status --json | python -m json.tool\n"
+                                   "  rollout status --wait --timeout 300   # as `kubectl rollout status`",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    status.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    status.add_argument("--wait", action="store_true",
+                        help="block until no deploy holds the stack and every instance is UP "
+                             "(exit 1 after --timeout)")
+    status.add_argument("--timeout", type=seconds, default=300.0, help="for --wait (default 300 s)")
     sub.add_parser("reload", help="reload HAProxy's configuration without a restart (master-worker, "
                                   "SIGUSR2; every HAProxy of the stack, one after the other)")
 

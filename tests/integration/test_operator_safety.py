@@ -195,3 +195,20 @@ def test_env_values_reach_the_app_byte_for_byte_or_are_refused_in_one_line(stack
             environ = Path(f"/proc/{info['pid']}/environ").read_bytes().split(b"\0")
             for n, value in enumerate(ODD_VALUES):
                 assert f"ODD{n}={value}".encode() in environ, (value, info["name"])
+
+
+def test_status_as_json_and_wait_until_a_deploy_is_done(stack_factory) -> None:  # type: ignore[no-untyped-def]
+    engine = stack_factory(instances=2)
+    state = json.loads(rollout(engine, "status", "--json").stdout)
+    assert state["deploying"] is None and state["interrupted"] is None
+    assert [(i["haproxy"], i["version"]) for i in state["instances"]] == [("UP", "v1")] * 2
+    deploy = subprocess.Popen([str(BIN / "rollout"), "--state-dir", str(engine.root), "deploy", "v2",
+                               "--watch-for", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert deploy.stderr is not None and "deploying v2" in deploy.stderr.readline()
+    waited = rollout(engine, "status", "--wait", "--json", "--timeout", "120")
+    assert deploy.poll() is not None, "status --wait returned while the deploy ran"
+    assert waited.returncode == 0 and "waiting: a deploy holds the stack (pid " in waited.stderr, waited.stderr
+    assert [i["version"] for i in json.loads(waited.stdout)["instances"]] == ["v2", "v2"]
+    deploy.wait()
+    short = rollout(engine, "status", "--wait", "--timeout", "0.5")
+    assert short.returncode == 0  # nothing to wait for

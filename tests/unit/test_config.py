@@ -188,3 +188,18 @@ def test_the_drain_notice_belongs_to_the_reference_image_not_to_what_adopters_co
         assert "DRAIN_NOTIFY" not in (root / name).read_text(), name
     cmd = [line for line in (root / "service/Dockerfile").read_text().splitlines() if line.startswith("CMD ")]
     assert cmd == ['CMD ["--drain-notify", "SIGUSR1", "--", "python", "-m", "service"]']
+
+
+def test_version_flags_say_the_distributions_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import tomllib
+
+    from agent import __version__
+    from deploy.cli import main
+
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    assert __version__ == pyproject["project"]["version"]
+    for parse, name in ((lambda: load_config(["--version"], env={})), "drain-agent"), \
+                       ((lambda: main(["--version"])), "rollout"):
+        with pytest.raises(SystemExit) as exited:
+            parse()
+        assert exited.value.code == 0 and capsys.readouterr().out == f"{name} {__version__}\n"
