@@ -10,18 +10,19 @@ import time
 from typing import Any
 
 from deploy.cli_stack import history_of, lock_path
-from deploy.engines.base import Engine
+from deploy.engines.base import Engine, read_stats
 from deploy.errors import RolloutError
 from deploy.lock import holder
 from deploy.strategies import bluegreen
-from deploy.strategies.rolling import read_servers, row_of
+from deploy.strategies.rolling import row_of
 
 WAIT_POLL_S = 0.5
 
 
 def snapshot(engine: Engine, args: argparse.Namespace) -> dict[str, Any]:
     """Who deploys, what did not finish, which pool is active, and each instance's row."""
-    servers = read_servers(engine)
+    pages = engine.stats_pages()
+    servers = {name: read_stats(url) for name, url in pages.items()}
     state: dict[str, Any] = {"engine": engine.name, "deploying": holder(lock_path(engine, args)),
                              "interrupted": None}
     try:
@@ -36,11 +37,13 @@ def snapshot(engine: Engine, args: argparse.Namespace) -> dict[str, Any]:
         state["map_file"] = bluegreen.file_color(engine)
     state["instances"] = []
     for instance in engine.instances():
-        stat = row_of(servers, instance)
+        rows = {name: row_of(stats, instance) for name, stats in servers.items()}
         state["instances"].append({
             "name": instance.name, "pool": instance.backend, "address": instance.address,
-            "haproxy": stat.status if stat else "missing",
-            "sessions": stat.scur if stat else None, "queued": stat.qcur if stat else None,
+            # per HAProxy: its state, sessions and queue for this instance
+            "haproxy": {name: row.status if row else "missing" for name, row in rows.items()},
+            "sessions": sum(row.scur for row in rows.values() if row),
+            "queued": sum(row.qcur for row in rows.values() if row),
             "version": engine.version_of(instance)})
     return state
 
@@ -57,12 +60,13 @@ def table(state: dict[str, Any]) -> str:
         note = ("" if state["active"] == state["map_file"]
                 else f" (map file says {state['map_file']}: a HAProxy restart would switch!)")
         lines.append(f"active: {state['active']}{note}")
-    rows: list[tuple[str, ...]] = [(*(("POOL",) if blue_green else ()), "SERVER", "HAPROXY", "SESSIONS",
+    names = list(state["instances"][0]["haproxy"]) if state["instances"] else ["haproxy"]
+    heads = ["HAPROXY"] if names == ["haproxy"] else [name.upper() for name in names]
+    rows: list[tuple[str, ...]] = [(*(("POOL",) if blue_green else ()), "SERVER", *heads, "SESSIONS",
                                     "QUEUED", "VERSION")]
     for i in state["instances"]:
-        rows.append((*((i["pool"],) if blue_green else ()), i["name"], i["haproxy"],
-                     "-" if i["sessions"] is None else str(i["sessions"]),
-                     "-" if i["queued"] is None else str(i["queued"]), i["version"] or "-"))
+        rows.append((*((i["pool"],) if blue_green else ()), i["name"], *i["haproxy"].values(),
+                     str(i["sessions"]), str(i["queued"]), i["version"] or "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
               for row in rows]
@@ -73,7 +77,8 @@ def not_done(state: dict[str, Any]) -> str | None:
     """Why `--wait` goes on waiting (None: done)."""
     if state["deploying"]:
         return f"a deploy holds the stack ({state['deploying']})"
-    down = [f"{i['name']} {i['haproxy']}" for i in state["instances"] if i["haproxy"] != "UP"]
+    down = [f"{i['name']} {'/'.join(i['haproxy'].values())}" for i in state["instances"]
+            if set(i["haproxy"].values()) != {"UP"}]
     if down or not state["instances"]:
         return f"not UP: {', '.join(down) or 'no instance'}"
     return None

@@ -144,7 +144,10 @@ class Engine(Protocol):
     def instances(self) -> list[Instance]: ...
 
     def stats_url(self) -> str:
-        """HAProxy's read-only stats CSV (`.../stats;csv`)."""
+        """HAProxy's read-only stats CSV (`.../stats;csv`); the first one's, where there are several."""
+
+    def stats_pages(self) -> dict[str, str]:
+        """Every HAProxy of the stack by name, and its stats CSV (Swarm has two)."""
 
     def frontend_url(self) -> str: ...
 

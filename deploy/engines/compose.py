@@ -207,6 +207,9 @@ class DockerEngine:
     def stats_url(self) -> str:
         return f"http://{self.published(STATS_PORT)}/stats;csv;norefresh"
 
+    def stats_pages(self) -> dict[str, str]:
+        return {"haproxy": self.stats_url()}
+
     def frontend_url(self) -> str:
         return f"http://{self.published(FRONTEND_PORT)}"
 

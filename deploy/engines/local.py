@@ -232,6 +232,9 @@ class LocalEngine:
     def stats_url(self) -> str:
         return f"http://127.0.0.1:{self.stack.stats_port}/stats;csv;norefresh"
 
+    def stats_pages(self) -> dict[str, str]:
+        return {"haproxy": self.stats_url()}
+
     def frontend_url(self) -> str:
         return f"http://127.0.0.1:{self.stack.port}"
 

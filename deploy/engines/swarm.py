@@ -422,6 +422,9 @@ class SwarmEngine:
         update waits for every HAProxy: stats_urls())."""
         return self.stats_urls()[0]
 
+    def stats_pages(self) -> dict[str, str]:
+        return dict(zip(HAPROXIES, self.stats_urls(), strict=True))
+
     def frontend_url(self) -> str:
         return self.frontend_urls()[0]
 

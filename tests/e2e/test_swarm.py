@@ -374,8 +374,9 @@ def test_rollout_on_swarm_status_and_check_with_restart_and_report(serving: Swar
     status = stack.rollout("status")
     assert status.returncode == 0, status.stderr
     tasks = stack.live()
-    for task in tasks:
-        assert any(line.split()[:2] == [task.name, "UP"] and line.split()[-1] == task.version
+    assert status.stdout.splitlines()[0].split()[:3] == ["SERVER", "HAPROXY-A", "HAPROXY-B"], status.stdout
+    for task in tasks:  # UP in both HAProxies
+        assert any(line.split()[:3] == [task.name, "UP", "UP"] and line.split()[-1] == task.version
                    for line in status.stdout.splitlines()), status.stdout
 
     report = tmp_path / "report"

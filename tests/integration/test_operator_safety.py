@@ -201,7 +201,7 @@ def test_status_as_json_and_wait_until_a_deploy_is_done(stack_factory) -> None: 
     engine = stack_factory(instances=2)
     state = json.loads(rollout(engine, "status", "--json").stdout)
     assert state["deploying"] is None and state["interrupted"] is None
-    assert [(i["haproxy"], i["version"]) for i in state["instances"]] == [("UP", "v1")] * 2
+    assert [(i["haproxy"], i["version"]) for i in state["instances"]] == [({"haproxy": "UP"}, "v1")] * 2
     deploy = subprocess.Popen([str(BIN / "rollout"), "--state-dir", str(engine.root), "deploy", "v2",
                                "--watch-for", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert deploy.stderr is not None and "deploying v2" in deploy.stderr.readline()
