@@ -15,6 +15,8 @@ Run: .venv/bin/pytest -m docker tests/e2e -s
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
 import time
@@ -25,10 +27,10 @@ from typing import Any
 import httpx
 import pytest
 
+from deploy.lock import deploy_lock
 from tests.e2e.conftest import (
     DEPLOY_SH,
     REPO,
-    ROLLOUT,
     ComposeStack,
     Container,
     DockerEvents,
@@ -210,35 +212,40 @@ def test_rollout_restart_to_a_version_under_load(healthy_stack: ComposeStack) ->
 
 def test_deploy_sh_and_rollout_half_a_second_apart_the_second_is_refused_naming_the_first(
         healthy_stack: ComposeStack) -> None:
-    """Both tools take the same lock (beside the compose file, named after the project), in
-    either order; the first deploy completes under load with 0 failed."""
+    """Both tools take the same lock (beside the compose file, named after the project): a
+    rollout deploy half a second after deploy.sh's is refused within a second, naming it, and
+    deploy.sh's completes under load with 0 failed; deploy.sh is refused while rollout's lock
+    (the same code as a rollout deploy takes, here held by the test) is held."""
     stack = healthy_stack
-    seen: dict[str, object] = {}
+    seen: dict[str, Any] = {}
 
-    def race(first: list[str], second: Callable[[], subprocess.CompletedProcess[str]], key: str) -> None:
-        proc = subprocess.Popen(first, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=stack.env, cwd=REPO)
+    def race() -> None:
+        first = subprocess.Popen([str(DEPLOY_SH), "e2e-lock-a"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, env=stack.env, cwd=REPO)
         time.sleep(0.5)
         began = time.monotonic()
-        seen[key] = (second(), time.monotonic() - began, proc.pid)
-        out, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, f"{out}\n{err}"
+        seen["second"] = stack.rollout("deploy", "e2e-lock-b")
+        seen["took"], seen["pid"] = time.monotonic() - began, first.pid
+        out, err = first.communicate(timeout=300)
+        assert first.returncode == 0, f"{out}\n{err}"
 
-    def both() -> None:
-        race([str(DEPLOY_SH), "e2e-lock-a"], lambda: stack.rollout("deploy", "e2e-lock-b"), "rollout")
-        race([str(ROLLOUT), "--engine", "docker", "deploy", "e2e-lock-c"],
-             lambda: stack.deploy("e2e-lock-d"), "deploy.sh")
+    result, _ = load_during(stack.url, race, requests=8_000)
+    second = seen["second"]
+    assert second.returncode == 1 and seen["took"] < 1.5, (seen["took"], second.stderr)
+    assert f"another deploy holds this stack: pid {seen['pid']} " in second.stderr, second.stderr
+    assert "deploy.sh e2e-lock-a" in second.stderr
+    stack.version = "e2e-lock-a"
+    assert_no_failures(result, 8_000)
+    assert "e2e-lock-b" not in result.versions
+    assert set(stack.versions().values()) == {"e2e-lock-a"}
 
-    result, _ = load_during(stack.url, both, requests=10_000)
-    for key, first_cmd in (("rollout", "deploy.sh e2e-lock-a"), ("deploy.sh", "deploy e2e-lock-c")):
-        second, took, pid = seen[key]  # type: ignore[misc]
-        said = second.stdout + second.stderr
-        assert second.returncode == 1 and took < 1.5, (key, took, said)
-        assert "another deploy holds this stack: " in said and str(pid) in said and first_cmd in said, said
-    stack.version = "e2e-lock-c"
-    assert_no_failures(result, 10_000)
-    assert "e2e-lock-b" not in result.versions and "e2e-lock-d" not in result.versions
-    assert set(stack.versions().values()) == {"e2e-lock-c"}
+    project = stack.compose("config", "--format", "json").stdout
+    lock = REPO / f".zdh-deploy-{json.loads(project)['name']}.lock"
+    with deploy_lock(lock, "rollout deploy e2e-lock-c"):
+        refused = stack.deploy("e2e-lock-c")
+    assert refused.returncode == 1 and "another deploy holds this stack" in refused.stderr, refused.stderr
+    assert f'"pid": {os.getpid()}' in refused.stderr and "rollout deploy e2e-lock-c" in refused.stderr
+    assert set(stack.versions().values()) == {"e2e-lock-a"}
 
 
 @pytest.mark.parametrize("stop_first", [False, True])
