@@ -302,8 +302,9 @@ class DockerEngine:
 
     @property
     def stack_id(self) -> str:
-        """The compose project's name, as compose resolves it (for the history's file name)."""
-        return str(self.config().get("name") or self.root.name)
+        """The compose project's name, as compose resolves it (COMPOSE_PROJECT_NAME first, then
+        the file's `name:`, then the directory): the history's and the deploy lock's file name."""
+        return self.env.get("COMPOSE_PROJECT_NAME") or str(self.config().get("name") or self.root.name)
 
     def start_retire(self, instances: list[Instance]) -> Finished:
         """Compose counts containers to scale: a retire ends before the next step begins."""

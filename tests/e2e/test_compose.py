@@ -231,7 +231,9 @@ def test_deploy_sh_and_rollout_half_a_second_apart_the_second_is_refused_naming_
 
     result, _ = load_during(stack.url, race, requests=8_000)
     second = seen["second"]
-    assert second.returncode == 1 and seen["took"] < 1.5, (seen["took"], second.stderr)
+    # One Python start and no compose call before the lock, on 2 loaded cores (the local
+    # stack's test holds it to 1 s).
+    assert second.returncode == 1 and seen["took"] < 2.5, (seen["took"], second.stderr)
     assert f"another deploy holds this stack: pid {seen['pid']} " in second.stderr, second.stderr
     assert "deploy.sh e2e-lock-a" in second.stderr
     stack.version = "e2e-lock-a"
