@@ -56,6 +56,20 @@ def build_parser() -> argparse.ArgumentParser:
     from agent import __version__
 
     parser.add_argument("--version", action="version", version=f"rollout {__version__}")
+    compose = parser.add_argument_group("your compose project (--engine docker)")
+    compose.add_argument("-f", "--file", action="append", metavar="FILE",
+                         help="compose file(s), as `docker compose -f` (default: COMPOSE_FILE, else "
+                              "the current directory's compose file, else this repository's)")
+    compose.add_argument("-p", "--project-name", metavar="NAME",
+                         help="the compose project (default: COMPOSE_PROJECT_NAME, as compose does)")
+    compose.add_argument("--service", metavar="NAME",
+                         help="the service to roll (default app; env ROLLOUT_SERVICE)")
+    compose.add_argument("--lb-service", metavar="NAME",
+                         help="the HAProxy service (default: the one whose image or command is "
+                              "haproxy; env ROLLOUT_LB_SERVICE)")
+    compose.add_argument("--app-port", type=int, metavar="PORT",
+                         help="the port the app listens on in its containers, as in HAProxy's "
+                              "server lines (default 8000; env ROLLOUT_APP_PORT)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = sub.add_parser("up", help="start HAProxy and the instances; wait until all are UP")

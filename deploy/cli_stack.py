@@ -5,20 +5,29 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from pathlib import Path
 
 from deploy.cli_args import READY_PATH, env_int
 from deploy.engines.base import Engine
-from deploy.engines.compose import DockerEngine, find_stack
+from deploy.engines.compose import ComposeProject, DockerEngine, find_stack
 from deploy.engines.local import REFERENCE_SERVICE, LocalEngine, LocalStack, app_argv
 from deploy.engines.swarm import SwarmEngine
 from deploy.errors import RolloutError
 from deploy.history import History
 from deploy.lock import LOCK_NAME
 
+SERVICE_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+
 
 def make_engine(args: argparse.Namespace) -> Engine:
     """The one place `--engine` is read: every command works on the Engine this returns."""
+    compose_flags = [flag for flag, value in (("-f", args.file), ("-p", args.project_name),
+                                              ("--service", args.service), ("--lb-service", args.lb_service),
+                                              ("--app-port", args.app_port)) if value]
+    if compose_flags and args.engine != "docker":
+        raise RolloutError(f"{', '.join(compose_flags)}: for --engine docker (a compose project)",
+                           exit_code=2)
     if args.engine == "docker":
         return make_docker_engine(args)
     if args.engine == "swarm":
@@ -78,8 +87,9 @@ def make_docker_engine(args: argparse.Namespace) -> DockerEngine:
     override the variable already in the environment. `up --blue-green` uses
     docker-compose.bluegreen.yml; the other commands find which of the two files has the stack."""
     env: dict[str, str] = {}
+    project = compose_project(args)
     if args.command != "up":
-        return find_stack(env)
+        return find_stack(env, project)
     if args.no_agent or args.instances != 3:
         raise RolloutError("--no-agent and --instances: local engine only (the compose files run "
                            "the app service(s) under drain-agent; scale with `docker compose up "
@@ -92,7 +102,26 @@ def make_docker_engine(args: argparse.Namespace) -> DockerEngine:
     ):
         if value != default or var not in os.environ:
             env[var] = str(value)
-    return DockerEngine(env=env, blue_green=args.blue_green)
+    return DockerEngine(env=env, blue_green=args.blue_green, project=project)
+
+
+def compose_project(args: argparse.Namespace) -> ComposeProject:
+    """-f/-p as compose takes them, the service to roll and the HAProxy service."""
+    port = args.app_port or env_int("APP_PORT", 8000)
+    if not 0 < port < 65536:
+        raise RolloutError(f"--app-port {port}: not a TCP port", exit_code=2)
+    for flag, name in (("--service", args.service), ("--lb-service", args.lb_service),
+                       ("-p", args.project_name)):
+        if name is not None and not SERVICE_NAME.fullmatch(name):
+            raise RolloutError(f"{flag} {name[:80]!r}: not a compose service or project name", exit_code=2)
+    files = tuple(Path(f).resolve() for f in args.file or ())
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise RolloutError(f"-f {missing[0]}: no such file", exit_code=2)
+    return ComposeProject(files=files, name=args.project_name,
+                          service=args.service or os.environ.get("ROLLOUT_SERVICE") or None,
+                          lb_service=args.lb_service or os.environ.get("ROLLOUT_LB_SERVICE") or None,
+                          app_port=port)
 
 
 def make_swarm_engine(args: argparse.Namespace) -> SwarmEngine:

@@ -31,7 +31,8 @@
 # (DEPLOY_ROLLBACK=0) halts instead, as described below. The same rules as `rollout deploy`.
 #
 # Environment: VERSION (or the first argument), DEPLOY_TIMEOUT (per container, default 90 s),
-# DEPLOY_SERVICE (default app), DEPLOY_APP_PORT (the app's port in the container, 8000),
+# DEPLOY_SERVICE (default app), DEPLOY_LB_SERVICE (the HAProxy service; default: the one whose
+# image is haproxy), DEPLOY_APP_PORT (the app's port in the container, 8000),
 # DEPLOY_VERSION_URL (empty by default: a new container counts as on VERSION because deploy.sh
 # created it from that image, and as started once HAProxy's own check has it UP; set, e.g.
 # http://127.0.0.1:8000/version, the app's own word is asked too, with python inside the
@@ -115,8 +116,15 @@ printf '%s}\n' "$lock_info" >"$lockfile"
 trap 'printf "%s, \"done\": true}\n" "$lock_info" >"$lockfile"' EXIT
 
 # Where HAProxy's stats page is published (the compose file says 127.0.0.1:${ZDH_STATS_PORT:-8404}).
-stats_addr=$(docker compose port haproxy 8404 2>/dev/null || true)
-[ -n "$stats_addr" ] || fail "the stack is not up (no haproxy container with a published stats port); start it with: docker compose up -d --wait"
+# The HAProxy service: DEPLOY_LB_SERVICE, else the one running service whose image is haproxy.
+lb=${DEPLOY_LB_SERVICE:-}
+if [ -z "$lb" ]; then
+  lb=$(docker compose ps --format '{{.Service}} {{.Image}}' 2>/dev/null \
+       | awk '{ n = split($2, p, "/"); if (p[n] ~ /^haproxy/) print $1 }' | sort -u)
+  [ "$(wc -w <<<"$lb")" -le 1 ] || fail "several services run HAProxy ($(echo $lb)): say which with DEPLOY_LB_SERVICE"
+fi
+stats_addr=$([ -n "$lb" ] && docker compose port "$lb" 8404 2>/dev/null || true)
+[ -n "$stats_addr" ] || fail "the stack is not up (no ${lb:-HAProxy} container with a published stats port 8404; DEPLOY_LB_SERVICE names it); start it with: docker compose up -d --wait"
 stats_url="http://${stats_addr/0.0.0.0/127.0.0.1}/stats;csv;norefresh"
 
 # HAProxy's stats read as CSV, not split on commas: a failing check's reason (which the app

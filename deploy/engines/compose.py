@@ -26,6 +26,7 @@ import re
 import subprocess
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,27 +62,93 @@ STATE_DUMP_SCRIPT = ('exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1; printf "show se
                      'cat <&3 > "$2.new" && mv -f "$2.new" "$2"')
 
 
+@dataclass(frozen=True)
+class ComposeProject:
+    """A compose project as `docker compose` takes it (-f files, -p name; empty: compose's own
+    defaults, COMPOSE_FILE and COMPOSE_PROJECT_NAME), the service to roll, the HAProxy service
+    (None: found in the project), and the port the app listens on in its containers."""
+
+    files: tuple[Path, ...] = ()
+    name: str | None = None
+    service: str | None = None
+    lb_service: str | None = None
+    app_port: int = APP_PORT
+
+
+COMPOSE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
+
+
+def default_files(env: Mapping[str, str], blue_green: bool) -> tuple[Path, ...]:
+    """COMPOSE_FILE; else the compose file of the current directory (compose's own names);
+    else this repository's (a checkout's demo)."""
+    separator = env.get("COMPOSE_PATH_SEPARATOR") or os.pathsep
+    named = [Path(item) for item in env.get("COMPOSE_FILE", "").split(separator) if item]
+    if named:
+        return tuple(path.resolve() for path in named)
+    if not blue_green:
+        here = next((Path.cwd() / name for name in COMPOSE_NAMES if (Path.cwd() / name).is_file()), None)
+        if here is not None:
+            return (here.resolve(),)
+    repo = (BLUEGREEN_FILE if blue_green else COMPOSE_FILE).resolve()
+    if not repo.is_file():
+        raise RolloutError("no compose file: give -f FILE (or COMPOSE_FILE), or run from the "
+                           "directory of your docker-compose.yml", exit_code=2)
+    return (repo,)
+
+
+def find_lb(config: Mapping[str, Any], where: Path) -> str:
+    """The one service of the project that runs HAProxy: its image or its command says so."""
+    found = [name for name, spec in (config.get("services") or {}).items()
+             if str(spec.get("image") or "").rpartition("/")[2].startswith("haproxy")
+             or str((spec.get("command") or [""])[0]) == "haproxy"]
+    if len(found) != 1:
+        which = f"several services run HAProxy ({', '.join(found)})" if found else "no service runs HAProxy"
+        raise RolloutError(f"{where.name}: {which} (by its image or command); say which with "
+                           "--lb-service", exit_code=2)
+    return str(found[0])
+
+
 class DockerEngine:
     name = "docker"
 
-    def __init__(self, env: Mapping[str, str] | None = None, blue_green: bool = False) -> None:
-        """`blue_green`: the two-pool stack; its compose file is then docker-compose.bluegreen.yml.
-        The compose project is compose's own choice (COMPOSE_PROJECT_NAME in `env`, or the directory)."""
+    def __init__(self, env: Mapping[str, str] | None = None, blue_green: bool = False,
+                 project: ComposeProject | None = None) -> None:
+        """`blue_green`: this repository's two-pool stack (docker-compose.bluegreen.yml).
+        `project`: which compose project, as compose takes it (files, name), and which of its
+        services is the app and which HAProxy; default: COMPOSE_FILE, else the compose file of
+        the current directory, else this repository's."""
         self.blue_green = blue_green
-        self.compose_file = (BLUEGREEN_FILE if blue_green else COMPOSE_FILE).resolve()
-        self.root = self.compose_file.parent
         self.env = {**os.environ, **(env or {})}
+        self.project = project or ComposeProject()
+        self.files = self.project.files or default_files(self.env, blue_green)
+        self.compose_file = self.files[0]
+        self.root = self.compose_file.parent
+        self.app_service = self.project.service or SERVICE
+        self._lb = self.project.lb_service
         self._addresses: dict[int, str] = {}
         self._built: set[str] = set()  # versions whose image this engine built
         self._config: dict[str, Any] | None = None
         self._removed_logs: dict[str, str] = {}  # container name -> its last lines, before `docker rm`
+
+    @property
+    def lb(self) -> str:
+        """The HAProxy service: as given, else the one service of the project that runs HAProxy
+        (its image or its command says haproxy)."""
+        if self._lb is None:
+            self._lb = find_lb(self.config(), self.compose_file)
+        return self._lb
+
+    @property
+    def app_port(self) -> int:
+        return self.project.app_port
 
     # -- docker compose ----------------------------------------------------------------
 
     def compose(
         self, *args: str, env: Mapping[str, str] | None = None, timeout_s: float = QUICK_TIMEOUT_S
     ) -> subprocess.CompletedProcess[str]:
-        command = ["docker", "compose", "-f", str(self.compose_file)]
+        command = ["docker", "compose", *(arg for f in self.files for arg in ("-f", str(f))),
+                   *(("-p", self.project.name) if self.project.name else ())]
         try:
             return subprocess.run(
                 [*command, *args], capture_output=True, text=True, check=False,
@@ -106,7 +173,7 @@ class DockerEngine:
     # -- Engine --------------------------------------------------------------------------
 
     def services(self) -> tuple[str, ...]:
-        return COLORS if self.blue_green else (SERVICE,)
+        return COLORS if self.blue_green else (self.app_service,)
 
     def instances(self) -> list[Instance]:
         """Every container of the app service(s), oldest first: running ones, and stopped ones
@@ -131,12 +198,13 @@ class DockerEngine:
         for line in result.splitlines():
             created, name, state, *addresses = line.split()
             name = name.lstrip("/")
-            rows.append((created, name, f"{addresses[0]}:{APP_PORT}" if addresses else f"{name} ({state})"))
+            address = f"{addresses[0]}:{self.app_port}" if addresses else f"{name} ({state})"
+            rows.append((created, name, address))
         return rows
 
     def is_up(self) -> bool:
         try:
-            result = self.compose("ps", "-q", "--status", "running", "haproxy")
+            result = self.compose("ps", "-q", "--status", "running", self.lb)
         except RolloutError:
             return False
         return result.returncode == 0 and bool(result.stdout.strip())
@@ -162,9 +230,9 @@ class DockerEngine:
         """The official image's reload: SIGUSR2 to the haproxy container's PID 1 (the master,
         -W), after `haproxy -c` in the container on the same files and with the servers' states
         left for the new worker (HAPROXY_SERVER_STATE_FILE, on the container's tmpfs)."""
-        command = [str(arg) for arg in self.config()["services"]["haproxy"].get("command") or []]
+        command = [str(arg) for arg in self.config()["services"][self.lb].get("command") or []]
         if command[:1] == ["haproxy"]:
-            check = self.compose("exec", "-T", "haproxy", "haproxy", "-c", *command[1:])
+            check = self.compose("exec", "-T", self.lb, "haproxy", "-c", *command[1:])
             if check.returncode != 0:
                 alert = next((line for line in (check.stdout + check.stderr).splitlines()
                               if "[ALERT]" in line), last_line(check.stderr))
@@ -175,13 +243,13 @@ class DockerEngine:
         began = time.monotonic()
         try:
             if state:
-                self.run("exec", "-T", "haproxy", "bash", "-c", STATE_DUMP_SCRIPT, "_", self.admin_port(),
+                self.run("exec", "-T", self.lb, "bash", "-c", STATE_DUMP_SCRIPT, "_", self.admin_port(),
                          state)
-            self.run("kill", "-s", "USR2", "haproxy")
+            self.run("kill", "-s", "USR2", self.lb)
             new = wait_new_worker(lambda: self.haproxy_command("show info"), old)
         finally:
             if state:  # read at the new worker's start: never left to go stale
-                self.compose("exec", "-T", "haproxy", "rm", "-f", state)
+                self.compose("exec", "-T", self.lb, "rm", "-f", state)
         return [f"haproxy: reloaded (master-worker, SIGUSR2): worker {old} -> {new} "
                 f"in {time.monotonic() - began:.2f}s"]
 
@@ -192,7 +260,7 @@ class DockerEngine:
     def published(self, port: int) -> str:
         """host:port where docker publishes the haproxy container's `port` (cached once found)."""
         if port not in self._addresses:
-            result = self.compose("port", "haproxy", str(port))
+            result = self.compose("port", self.lb, str(port))
             lines = result.stdout.split() if result.returncode == 0 else []
             address = lines[0] if lines else ""
             if not address:
@@ -208,7 +276,7 @@ class DockerEngine:
         return f"http://{self.published(STATS_PORT)}/stats;csv;norefresh"
 
     def stats_pages(self) -> dict[str, str]:
-        return {"haproxy": self.stats_url()}
+        return {self.lb: self.stats_url()}
 
     def frontend_url(self) -> str:
         return f"http://{self.published(FRONTEND_PORT)}"
@@ -328,7 +396,8 @@ class DockerEngine:
         if not env or not env.get("SERVICE_VERSION"):
             return None
         versions = {self.version_variable(s) for s in self.services()}
-        passed = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", self.compose_file.read_text()))
+        text = "\n".join(f.read_text() for f in self.files)
+        passed = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", text))
         extra = {k: env[k] for k in sorted(passed - versions) if k in env and not k.startswith("ZDH_")}
         return Release(env["SERVICE_VERSION"], extra)
 
@@ -350,7 +419,7 @@ class DockerEngine:
         """As many new containers as `instances`, each in its service, on its version."""
         new: list[Instance] = []
         for instance, version in zip(instances, versions, strict=True):
-            service = instance.backend if self.blue_green else SERVICE
+            service = instance.backend if self.blue_green else self.app_service
             variable = self.version_variable(service)
             compose_env = {**env, variable: version or self.env.get(variable) or "v1"}
             self.prepare(compose_env[variable], env)
@@ -405,7 +474,7 @@ class DockerEngine:
 
     def haproxy_command(self, line: str) -> str:
         """One Runtime API command, sent from inside the haproxy container (never published)."""
-        result = self.compose("exec", "-T", "haproxy", "bash", "-c", RUNTIME_API_SCRIPT, "_",
+        result = self.compose("exec", "-T", self.lb, "bash", "-c", RUNTIME_API_SCRIPT, "_",
                               self.admin_port(), line)
         if result.returncode != 0:
             raise RolloutError(f"HAProxy's Runtime API (`{line}`) through `docker compose exec "
@@ -434,7 +503,7 @@ class DockerEngine:
         if not self.blue_green or not ref:
             raise RolloutError(f"{self.compose_file.name} is not a blue/green stack "
                                "(no HAPROXY_COLOR_MAP)", exit_code=2)
-        for volume in self.config()["services"]["haproxy"].get("volumes", []):
+        for volume in self.config()["services"][self.lb].get("volumes", []):
             target = str(volume.get("target", "")).rstrip("/")
             if volume.get("type") == "bind" and ref.startswith(target + "/"):
                 return Path(str(volume["source"])) / ref[len(target) + 1 :], ref
@@ -453,7 +522,7 @@ class DockerEngine:
         return self._config
 
     def haproxy_environment(self) -> dict[str, Any]:
-        environment = self.config().get("services", {}).get("haproxy", {}).get("environment")
+        environment = self.config().get("services", {}).get(self.lb, {}).get("environment")
         return dict(environment) if isinstance(environment, dict) else {}
 
     def version_variable(self, service: str) -> str:
@@ -488,7 +557,7 @@ class DockerEngine:
 
     def check_passed_through(self, env: Mapping[str, str]) -> None:
         """Compose passes only the variables its file names: refuse others instead of dropping them."""
-        text = self.compose_file.read_text()
+        text = "\n".join(f.read_text() for f in self.files)
         missing = [key for key in env if not re.search(r"\$\{" + re.escape(key) + r"\b", text)]
         if missing:
             raise RolloutError(
@@ -498,15 +567,21 @@ class DockerEngine:
             )
 
 
-def find_stack(env: Mapping[str, str]) -> DockerEngine:
-    """The engine for commands on a running stack: blue/green or rolling, by COMPOSE_FILE if it
-    names one of the two files, else by which of them has containers in the project."""
+def find_stack(env: Mapping[str, str], project: ComposeProject | None = None) -> DockerEngine:
+    """The engine for commands on a running stack. Files named (-f, COMPOSE_FILE) or a compose
+    file in the current directory: that project. This repository's own two files: blue/green or
+    rolling by which of them has containers in the project."""
+    project = project or ComposeProject()
     merged = {**os.environ, **env}
     separator = merged.get("COMPOSE_PATH_SEPARATOR") or os.pathsep
-    names = {Path(item).name for item in merged.get("COMPOSE_FILE", "").split(separator) if item}
-    if BLUEGREEN_FILE.name in names or COMPOSE_FILE.name in names:
-        return DockerEngine(env=env, blue_green=BLUEGREEN_FILE.name in names)
-    rolling, blue_green = DockerEngine(env=env), DockerEngine(env=env, blue_green=True)
+    names = {p.name for p in project.files} | {
+        Path(item).name for item in merged.get("COMPOSE_FILE", "").split(separator) if item}
+    if names:
+        return DockerEngine(env=env, blue_green=BLUEGREEN_FILE.name in names, project=project)
+    rolling = DockerEngine(env=env, project=project)
+    if rolling.compose_file != COMPOSE_FILE.resolve():
+        return rolling  # the current directory's own project
+    blue_green = DockerEngine(env=env, blue_green=True, project=project)
     if blue_green.has_containers():
         if rolling.has_containers():
             raise RolloutError(
