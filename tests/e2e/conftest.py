@@ -363,7 +363,8 @@ class ComposeStack:
                 found[row.addr] = row.status
         return found
 
-    def wait_up(self, count: int, service: str = "app", timeout: float = 60) -> list[Container]:
+    def wait_up(self, count: int, service: str = "app", timeout: float = 60,
+                backend: str | None = None) -> list[Container]:
         """Until the service has `count` running containers and HAProxy has each UP (by address),
         with no other row of the backend holding an address."""
         deadline = time.monotonic() + timeout
@@ -371,7 +372,7 @@ class ComposeStack:
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError):
                 containers = self.containers(service)
-                statuses = self.status_by_address(service)
+                statuses = self.status_by_address(backend or service)
                 seen = (sorted(c.address for c in containers), statuses)
                 if (len(containers) == count and all(c.state == "running" for c in containers)
                         and statuses == {c.address: "UP" for c in containers}):

@@ -35,6 +35,7 @@ import pytest
 
 from tests.e2e.conftest import (
     REPO,
+    ROLLOUT,
     ComposeStack,
     Container,
     DockerEvents,
@@ -296,3 +297,94 @@ def test_readme_adoption_steps_on_a_copy_of_the_app(example: str, tmp_path: Path
             assert result.instances.keys() == {c.short for c in old}
     finally:  # after the stack is down: no container uses them any more
         docker("image", "rm", f"{app_image}:v1", agent_image, check=False)
+
+
+# -- a compose project of one's own ------------------------------------------------------------
+
+
+OWN_PROJECT = """\
+# An adopter's project: its own file name and service names (web, lb), HAProxy's configs copied
+# beside it, the Node example's image (its app and the one-file agent), nothing of this repo's.
+services:
+  lb:
+    image: haproxy:2.8
+    command: ["haproxy", "-f", "/usr/local/etc/haproxy/haproxy.cfg",
+              "-f", "/usr/local/etc/haproxy/servers-dns.cfg"]
+    volumes: ["./proxy:/usr/local/etc/haproxy:ro"]
+    environment:
+      HAPROXY_FRONTEND_BIND: ":8785"
+      HAPROXY_STATS_BIND: ":8404"
+      HAPROXY_ADMIN_SOCKET: "ipv4@127.0.0.1:9999"
+      HAPROXY_APP_HOST: web
+      HAPROXY_CHECK_PATH: /healthz
+    ports: ["127.0.0.1:{port}:8785", "127.0.0.1:{stats_port}:8404"]
+  web:
+    image: {image}:${{SERVICE_VERSION:-v1}}
+    build: {{context: "{repo}", dockerfile: examples/node/Dockerfile, network: host}}
+    tmpfs: ["/tmp:exec"]
+    deploy: {{replicas: 3}}
+    depends_on: [lb]
+    stop_grace_period: 100s
+    environment:
+      SERVICE_VERSION: ${{SERVICE_VERSION:-v1}}
+      DRAIN_AGENT_HAPROXY_STATS: "http://lb:8404/stats;csv"
+      DRAIN_AGENT_READY_URL: http://127.0.0.1:8000/healthz
+    healthcheck:
+      test: ["CMD", "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/9200 && read -r s <&3 && [ \\"$$s\\" = ready ]"]
+      interval: 2s
+      start_period: 120s
+"""
+
+
+def test_rollout_and_a_copied_deploy_sh_drive_a_compose_project_of_ones_own(tmp_path: Path) -> None:
+    """`rollout --engine docker -f stack.yaml -p NAME --service web deploy v2` from the project's
+    directory (no COMPOSE_* set), `status` from elsewhere by COMPOSE_FILE / COMPOSE_PROJECT_NAME,
+    then deploy.sh copied into the project, each under the strict checker."""
+    require_docker()
+    ensure_base_image("node")
+    stack = ComposeStack(tmp_path / "stack.yaml", prefix="shop")
+    stack.services = ("web",)
+    shutil.copytree(REPO / "haproxy", tmp_path / "proxy")
+    for path in [tmp_path / "proxy", *(tmp_path / "proxy").iterdir()]:
+        path.chmod(0o755 if path.is_dir() else 0o644)  # HAProxy reads them as uid 99
+    (tmp_path / "stack.yaml").write_text(OWN_PROJECT.format(
+        port=stack.port, stats_port=stack.stats_port, image=stack.image, repo=REPO))
+    shutil.copy(REPO / "deploy" / "deploy.sh", tmp_path / "deploy.sh")
+    plain = {k: v for k, v in stack.env.items() if not k.startswith(("COMPOSE_", "ZDH_"))}
+    plain["SERVICE_VERSION"] = "v1"
+
+    def rollout(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(ROLLOUT), "--engine", "docker", *args], capture_output=True, text=True,
+                              cwd=cwd, env={**plain, **env}, timeout=300, check=False)
+
+    try:
+        stack.compose("up", "-d", "--wait", "--build", timeout=BUILD_TIMEOUT_S)
+        old = stack.wait_up(3, service="web", backend="app")
+        result, run = load_during(stack.url, lambda: rollout(
+            "-f", "stack.yaml", "-p", stack.project, "--service", "web", "deploy", "v2", cwd=tmp_path),
+            requests=DEPLOY_REQUESTS, **LOAD)
+        assert isinstance(run, subprocess.CompletedProcess) and run.returncode == 0, run.stderr
+        assert_no_failures(result, DEPLOY_REQUESTS)
+        new = stack.wait_up(3, service="web", timeout=30, backend="app")
+        assert not {c.id for c in new} & {c.id for c in old}
+        assert {docker("inspect", "-f", "{{.Config.Image}}", c.id).stdout.strip() for c in new} == {
+            f"{stack.image}:v2"}
+
+        status = rollout("status", cwd=Path("/"), COMPOSE_FILE=str(tmp_path / "stack.yaml"),
+                         COMPOSE_PROJECT_NAME=stack.project, ROLLOUT_SERVICE="web")
+        assert status.returncode == 0, status.stderr
+        assert status.stdout.splitlines()[0].split()[:2] == ["SERVER", "LB"], status.stdout
+        assert [line.split()[1:2] + line.split()[-1:] for line in status.stdout.splitlines()[1:]] == [
+            ["UP", "v2"]] * 3, status.stdout
+
+        env = {**plain, "COMPOSE_FILE": "stack.yaml", "COMPOSE_PROJECT_NAME": stack.project,
+               "DEPLOY_SERVICE": "web", "SERVICE_VERSION": "v2"}
+        result, run = load_during(stack.url, lambda: subprocess.run(
+            ["./deploy.sh", "v3"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300,
+            check=False), requests=DEPLOY_REQUESTS, **LOAD)
+        assert isinstance(run, subprocess.CompletedProcess) and run.returncode == 0, run.stdout + run.stderr
+        assert_no_failures(result, DEPLOY_REQUESTS)
+        assert {docker("inspect", "-f", "{{.Config.Image}}", c.id).stdout.strip()
+                for c in stack.wait_up(3, service="web", timeout=30, backend="app")} == {f"{stack.image}:v3"}
+    finally:
+        stack.down()
