@@ -184,6 +184,21 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--sse-interval-ms", type=int, default=100, help="event period asked (default 100)")
     check.add_argument("--timeout", type=seconds, default=30.0, help="per request (default 30 s)")
     check.add_argument("--url", help="target (default: the stack's frontend /cms)")
+    anyapp = check.add_argument_group("any app (the reference service's contract is detected)")
+    anyapp.add_argument("--contract", choices=["auto", "on", "off"], default="auto",
+                        help="on: the reference service's (JSON identity, POST echo and ledgers, "
+                             "slow GETs); off: any app, success by status alone; auto (default): "
+                             "on if a GET of the target answers the reference service's JSON")
+    anyapp.add_argument("--path", action="append", type=path_share, metavar="PATH[:SHARE]",
+                        help="with --contract off: where to send the requests, repeatable with a "
+                             "share each, e.g. --path /:3 --path /api/items:1 (default: --url's path)")
+    anyapp.add_argument("--method", default="GET", type=http_method, help="default GET")
+    anyapp.add_argument("--header", action="append", default=[], type=http_header, metavar="NAME: VALUE",
+                        help="repeatable, e.g. --header 'host: shop.example'")
+    anyapp.add_argument("--body-file", type=argparse.FileType("rb"), metavar="FILE",
+                        help="each request's body (at most 1 MiB)")
+    anyapp.add_argument("--accept", type=statuses, default=frozenset(range(200, 400)), metavar="CODES",
+                        help="statuses that count as answered, e.g. 2xx,3xx,404 (default 2xx,3xx)")
     check.add_argument("--report", metavar="DIR",
                        help="write report.json, report.md and timeline.png there")
     check.add_argument("--restart", action="store_true",
@@ -263,6 +278,43 @@ def seconds(text: str) -> float:
 
 def seconds_or_zero(text: str) -> float:
     return 0.0 if text.strip() in ("0", "0.0") else seconds(text)
+
+
+def path_share(text: str) -> tuple[str, float]:
+    path, _, share = text.rpartition(":") if re.fullmatch(r".*:\d+(\.\d+)?", text) else (text, "", "1")
+    if not READY_PATH.fullmatch(path.split("?")[0]) or len(path) > 2000:
+        raise argparse.ArgumentTypeError(f"{text[:60]!r}: expected a path such as /api/items[:SHARE]")
+    value = float(share)
+    if not 0 < value <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"{text[:60]!r}: the share must be above 0")
+    return path, value
+
+
+def http_method(text: str) -> str:
+    if not re.fullmatch(r"[A-Z]{1,16}", text):
+        raise argparse.ArgumentTypeError(f"{text[:20]!r}: expected a method such as GET or POST")
+    return text
+
+
+def http_header(text: str) -> tuple[str, str]:
+    name, _, value = text.partition(":")
+    if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", name) or not value.strip() or any(
+            c in value for c in "\r\n\0") or len(value) > 4096:
+        raise argparse.ArgumentTypeError(f"{text[:60]!r}: expected 'Name: value' on one line")
+    return name.lower(), value.strip()
+
+
+def statuses(text: str) -> frozenset[int]:
+    codes: set[int] = set()
+    for item in text.split(","):
+        item = item.strip().lower()
+        if re.fullmatch(r"[1-5]xx", item):
+            codes |= set(range(int(item[0]) * 100, int(item[0]) * 100 + 100))
+        elif re.fullmatch(r"[1-5]\d\d", item):
+            codes.add(int(item))
+        else:
+            raise argparse.ArgumentTypeError(f"{text[:40]!r}: expected codes such as 2xx,3xx,404")
+    return frozenset(codes)
 
 
 def percents(text: str) -> tuple[float, ...]:

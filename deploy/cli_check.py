@@ -27,13 +27,23 @@ T = TypeVar("T")
 
 def cmd_check(engine: Engine, args: argparse.Namespace) -> int:
     env = parse_env(args.env)
+    url = args.url or f"{engine.frontend_url()}{args.path[0][0] if args.path else '/cms'}"
+    contract = {"on": True, "off": False}.get(args.contract)
+    if contract is None:
+        contract = speaks_the_contract(url, args.timeout)
+        say(f"the app at {url} {'speaks' if contract else 'does not speak'} the reference service's "
+            f"contract: {'echo, ledgers and versions checked' if contract else 'success by status alone'}")
+    body = args.body_file.read(1024 * 1024 + 1) if args.body_file else b""
+    if len(body) > 1024 * 1024:
+        raise RolloutError(f"--body-file {args.body_file.name}: over 1 MiB", exit_code=2)
     try:
         plan = LoadPlan(
-            url=args.url or f"{engine.frontend_url()}/cms",
+            url=url,
             requests=None if args.duration else (args.requests or 20_000),
             duration_s=args.duration, concurrency=args.concurrency, post_share=args.post_share,
             slow_share=args.slow_share, slow_ms=args.slow_ms, post_bytes=args.post_bytes,
-            timeout_s=args.timeout,
+            timeout_s=args.timeout, contract=contract, paths=tuple(args.path or ()),
+            method=args.method, headers=tuple(args.header), body=body, accept=args.accept,
         )
         streams_plan = streams.StreamsPlan(
             url=engine.frontend_url(), ws_clients=args.ws_clients, ws_rate=args.ws_rate,
@@ -99,3 +109,14 @@ def run_event_loop(coroutine: Coroutine[Any, Any, T]) -> T:
         return uvloop.run(coroutine)
     except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
         return asyncio.run(coroutine)
+
+
+def speaks_the_contract(url: str, timeout_s: float) -> bool:
+    """One GET: the reference service answers JSON naming its instance and version."""
+    import httpx
+
+    try:
+        answer = httpx.get(url, timeout=min(timeout_s, 5.0)).json()
+    except (httpx.HTTPError, ValueError):
+        return False
+    return isinstance(answer, dict) and {"instance", "version"} <= answer.keys()

@@ -36,6 +36,15 @@ class LoadPlan:
     post_bytes: tuple[int, int] = (0, 2048)  # each POST's padding, drawn from this range
     timeout_s: float = 30.0
     seed: int = 1
+    # Any app: `contract` False sends `method` to `paths` (each with its share of the requests),
+    # with `headers` and `body`, and counts as answered any status in `accept` (default 2xx and
+    # 3xx); no POST echo, no slow GETs, no version. True: the reference service's contract.
+    contract: bool = True
+    paths: tuple[tuple[str, float], ...] = ()
+    method: str = "GET"
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+    accept: frozenset[int] = frozenset(range(200, 400))
 
     def __post_init__(self) -> None:
         if (self.requests is None) == (self.duration_s is None):
@@ -56,6 +65,21 @@ class LoadPlan:
         low, high = self.post_bytes
         if not 0 <= low <= high <= 64 * 1024 * 1024:
             raise ValueError(f"post bytes {low}-{high}: must be 0 <= min <= max <= 64 MiB")
+        if self.paths and (any(share <= 0 for _, share in self.paths)
+                           or any(not path.startswith("/") for path, _ in self.paths)):
+            raise ValueError("paths: each one /-rooted, with a share above 0")
+        if not self.accept:
+            raise ValueError("accept: at least one status")
+
+
+def pick_path(paths: tuple[tuple[str, float], ...], roll: float) -> str:
+    """The path whose share `roll` (0..1) falls in: shares are relative to their sum."""
+    total, passed = sum(share for _, share in paths), 0.0
+    for path, share in paths:
+        passed += share / total
+        if roll < passed:
+            return path
+    return paths[-1][0]
 
 
 @dataclass
@@ -148,7 +172,21 @@ async def run_load(
 
     path = urlsplit(plan.url).path or "/"
 
+    async def any_app(client: StrictClient) -> None:
+        began = time.monotonic()
+        target = pick_path(plan.paths, rng.random()) if plan.paths else path
+        try:
+            response = await client.request(plan.method, target, plan.body, dict(plan.headers))
+        except RequestFailed as exc:
+            record(began, plan.method.lower(), exc.cause, None)
+            return
+        failure = None if response.status in plan.accept else f"http {response.status}"
+        record(began, plan.method.lower(), failure, {})
+
     async def one(client: StrictClient) -> None:
+        if not plan.contract:
+            await any_app(client)
+            return
         roll = rng.random()
         began = time.monotonic()
         if roll < plan.post_share:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -15,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from deploy.engines.local import LocalEngine, pid_alive, port_in_use
+from deploy.engines.local import LocalEngine, LocalStack, pid_alive, port_in_use
 from deploy.strategies.rolling import rolling_restart
 from tests.conftest import REPO, free_port, free_port_run, load_during, wait_for
 
@@ -148,8 +149,9 @@ def test_adopt_it_in_your_service_local_steps(installed: Path, tmp_path: Path) -
                  *ports())
     try:
         assert up.returncode == 0, up.stderr
-        check = rollout(installed, app, "check", "--restart")
+        check = rollout(installed, app, "check", "--restart", "--path", "/healthz")
         assert check.returncode == 0, check.stderr + check.stdout
+        assert "does not speak the reference service's contract" in check.stderr
         assert "failed     0" in check.stdout
     finally:
         assert rollout(installed, app, "down").returncode == 0
@@ -212,3 +214,42 @@ def test_an_app_that_knows_nothing_of_versions_is_deployed_with_zero_failed(tmp_
     finally:
         run("down")
     assert not processes_mentioning(str(state))
+
+
+def test_rollout_check_on_an_app_that_knows_nothing_of_the_contract(tmp_path: Path) -> None:
+    """`rollout check --restart --path /` on `python3 -m http.server`: success by status alone,
+    0 failed, exit 0, with no HAProxy retries at all. Control, same app and harness: its
+    instances SIGKILLed under the load (a crash, not a drain) are counted failed, exit 1."""
+    state, flags = tmp_path / "state", ports()
+    rollout_bin = str(Path(sys.executable).with_name("rollout"))
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([rollout_bin, "--state-dir", str(state), *args], capture_output=True,
+                              text=True, timeout=300, cwd=tmp_path)
+
+    up = run("up", "-d", *flags, "--app-command", "python3 -m http.server {port} --bind 127.0.0.1",
+             "--ready-path", "/", "--retry-on", "none", "--retries", "0")
+    try:
+        assert up.returncode == 0, up.stderr
+        check = run("check", "-n", "4000", "-c", "20", "--path", "/", "--restart", "--version", "v2")
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert "does not speak the reference service's contract" in check.stderr
+        assert re.search(r"failed\s+0\b", check.stdout), check.stdout
+
+        engine = LocalEngine(LocalStack.load(str(state)))
+
+        def crash() -> None:
+            time.sleep(1)
+            for info in engine.supervisor("getAllProcessInfo"):
+                if info["name"].startswith("app") and info["statename"] == "RUNNING":
+                    for child in Path(f"/proc/{info['pid']}/task/{info['pid']}/children").read_text().split():
+                        os.kill(int(child), signal.SIGKILL)  # the app under the agent, not the agent
+        killer = threading.Thread(target=crash)
+        killer.start()
+        control = run("check", "--duration", "4", "-c", "20", "--path", "/")
+        killer.join()
+        assert control.returncode == 1, control.stdout + control.stderr
+        failed = re.search(r"failed\s+(\d+)", control.stdout)
+        assert failed and int(failed[1]) > 0, control.stdout
+    finally:
+        run("down")
