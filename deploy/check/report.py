@@ -89,7 +89,7 @@ def write_report(
     marks = (sorted(as_dicts(instance_events) + steps, key=lambda e: float(str(e["t"])))
              if instance_events else events)
     data = {
-        "plan": asdict(plan),
+        "plan": {**asdict(plan), "body": len(plan.body), "accept": sorted(plan.accept)},
         "started": result.started,
         "elapsed_s": round(result.elapsed_s, 3),
         "total": result.total,
