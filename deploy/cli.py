@@ -233,15 +233,6 @@ def cmd_switch(engine: Engine, args: argparse.Namespace) -> int:
 
 def cmd_release(engine: Engine, args: argparse.Namespace) -> int:
     require_blue_green(engine)
-    if not args.version:
-        raise RolloutError("release needs --version", exit_code=2)
-    ignored = [flag for flag, given in (("--surge", args.surge),
-                                        ("--max-unavailable", args.max_unavailable != "1"),
-                                        ("--canary", args.canary), ("--min-ready", args.min_ready))
-               if given]
-    if ignored:
-        raise RolloutError(f"{', '.join(ignored)}: not for a blue/green release, which makes the idle "
-                           "pool one instance at a time and then moves all traffic at once", exit_code=2)
     plan = make_plan(args, args.version, parse_env(args.env))
     bluegreen.release(engine, args.version, plan.env, args.restart_timeout, print_event, say,
                       watch_s=plan.watch_s, thresholds=plan.thresholds, switch_back=plan.rollback)

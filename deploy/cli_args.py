@@ -20,6 +20,35 @@ WATCH_FOR_S = 10.0
 READY_PATH = re.compile(r"/[A-Za-z0-9/._~-]*")
 
 
+def add_global_options(parser: argparse.ArgumentParser, suppress: bool = False) -> None:
+    """--engine, --state-dir and the compose project's flags (before or after the subcommand)."""
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if suppress else value
+
+    parser.add_argument("--engine", choices=["local", "docker", "swarm"],
+                        default=default(env_default("ENGINE", "local")),
+                        help="local: processes under supervisor (default); docker: the "
+                             "docker-compose.yml stack; swarm: deploy/stack.yml on Docker Swarm, "
+                             "stack ZDH_STACK (default zdh) (env ROLLOUT_ENGINE)")
+    parser.add_argument("--state-dir", default=default(env_default("STATE_DIR", ".rollout")),
+                        help="where the local stack keeps its files (default .rollout; env "
+                             "ROLLOUT_STATE_DIR)")
+    compose = parser.add_argument_group("your compose project (--engine docker)")
+    compose.add_argument("-f", "--file", action="append", metavar="FILE",
+                         help="compose file(s), as `docker compose -f` (default: COMPOSE_FILE, else "
+                              "the current directory's compose file, else this repository's)")
+    compose.add_argument("-p", "--project-name", metavar="NAME",
+                         help="the compose project (default: COMPOSE_PROJECT_NAME, as compose does)")
+    compose.add_argument("--service", metavar="NAME",
+                         help="the service to roll (default app; env ROLLOUT_SERVICE)")
+    compose.add_argument("--lb-service", metavar="NAME",
+                         help="the HAProxy service (default: the one whose image or command is "
+                              "haproxy; env ROLLOUT_LB_SERVICE)")
+    compose.add_argument("--app-port", type=int, metavar="PORT",
+                         help="the port the app listens on in its containers, as in HAProxy's "
+                              "server lines (default 8000; env ROLLOUT_APP_PORT)")
+
+
 def env_default(name: str, default: str) -> str:
     return os.environ.get(f"ROLLOUT_{name}", default)
 
@@ -45,31 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rollout",
         description="Deploy a service behind HAProxy by plain restarts, with zero failed requests.",
     )
-    parser.add_argument("--engine", choices=["local", "docker", "swarm"],
-                        default=env_default("ENGINE", "local"),
-                        help="local: processes under supervisor (default); docker: the "
-                             "docker-compose.yml stack; swarm: deploy/stack.yml on Docker Swarm, "
-                             "stack ZDH_STACK (default zdh) (env ROLLOUT_ENGINE)")
-    parser.add_argument("--state-dir", default=env_default("STATE_DIR", ".rollout"),
-                        help="where the local stack keeps its files (default .rollout; env "
-                             "ROLLOUT_STATE_DIR)")
     from agent import __version__
 
     parser.add_argument("--version", action="version", version=f"rollout {__version__}")
-    compose = parser.add_argument_group("your compose project (--engine docker)")
-    compose.add_argument("-f", "--file", action="append", metavar="FILE",
-                         help="compose file(s), as `docker compose -f` (default: COMPOSE_FILE, else "
-                              "the current directory's compose file, else this repository's)")
-    compose.add_argument("-p", "--project-name", metavar="NAME",
-                         help="the compose project (default: COMPOSE_PROJECT_NAME, as compose does)")
-    compose.add_argument("--service", metavar="NAME",
-                         help="the service to roll (default app; env ROLLOUT_SERVICE)")
-    compose.add_argument("--lb-service", metavar="NAME",
-                         help="the HAProxy service (default: the one whose image or command is "
-                              "haproxy; env ROLLOUT_LB_SERVICE)")
-    compose.add_argument("--app-port", type=int, metavar="PORT",
-                         help="the port the app listens on in its containers, as in HAProxy's "
-                              "server lines (default 8000; env ROLLOUT_APP_PORT)")
+    add_global_options(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = sub.add_parser("up", help="start HAProxy and the instances; wait until all are UP")
@@ -161,8 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     release = sub.add_parser("release", help="blue/green: deploy to the idle pool, switch to it, "
                                              "watch it, switch back if it fails")
-    add_restart_options(release)
-    add_watch_options(release)
+    release.add_argument("--version", type=version_arg, required=True,
+                         help="the version the idle pool gets, one instance at a time, before the switch")
+    release.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                         help="extra environment for the idle pool's new instances (repeatable)")
+    release.add_argument("--restart-timeout", type=seconds, default=RESTART_TIMEOUT_S,
+                         help=f"per instance: max wait for ready + UP (default {RESTART_TIMEOUT_S:g} s)")
+    add_watch_options(release, steps=False)
+    release.set_defaults(surge=False, max_unavailable="1", canary=None, min_ready=None)
 
     check = sub.add_parser("check", help="load the frontend, optionally restarting in the middle")
     group = check.add_mutually_exclusive_group()
@@ -207,7 +221,33 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds of load before the restart begins (default 2)")
     add_restart_options(check)
     add_watch_options(check)
+    for action in sub._choices_actions:  # one description and examples for each subcommand
+        command = sub.choices[action.dest]
+        summary = str(action.help or action.dest)
+        command.description = command.description or f"{summary[0].upper()}{summary[1:]}."
+        command.epilog = command.epilog or "examples:\n" + "\n".join(
+            f"  {line}" for line in EXAMPLES[action.dest])
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
+        # The global flags after the subcommand too (`rollout status --engine docker`): there,
+        # given or not, they never undo what was given before it.
+        command.argument_default = argparse.SUPPRESS
+        add_global_options(command, suppress=True)
     return parser
+
+
+EXAMPLES = {
+    "up": ["rollout up --detach", "rollout up -d --instances 5 --app-command 'node server.js {port}' "
+           "--ready-path /healthz", "rollout --engine docker up -d"],
+    "down": ["rollout down", "rollout --engine docker -f stack.yaml -p shop down"],
+    "reload": ["rollout reload", "rollout --engine swarm reload"],
+    "restart": ["rollout restart", "rollout restart --surge --max-unavailable 25%"],
+    "undo": ["rollout undo", "rollout undo --watch-for 30s"],
+    "history": ["rollout history", "rollout --engine docker -f stack.yaml history"],
+    "switch": ["rollout switch green", "rollout switch blue --drain-timeout 30"],
+    "release": ["rollout release --version v2", "rollout release --version v2 --watch-for 30s"],
+    "check": ["rollout check -n 50000 -c 200 --restart --version v2 --report reports/run1",
+              "rollout check --restart --path / --accept 2xx,3xx   # any app"],
+}
 
 
 def add_restart_options(parser: argparse.ArgumentParser, version: bool = True, env: bool = True) -> None:
@@ -228,18 +268,22 @@ def add_restart_options(parser: argparse.ArgumentParser, version: bool = True, e
                              "(default 1); with --surge, K new ones start before K old ones drain")
 
 
-def add_watch_options(parser: argparse.ArgumentParser) -> None:
+def add_watch_options(parser: argparse.ArgumentParser, steps: bool = True) -> None:
+    """The watch's flags; `steps` False (blue/green's release, which switches all at once):
+    no --min-ready and no --canary."""
     group = parser.add_argument_group("watch and rollback (deploys)")
     group.add_argument("--watch-for", type=duration, metavar="DURATION",
                        help=f"watch each new instance from UP until the deploy ends and this long "
                             f"after it, e.g. 10s or 1m; 0 turns the watch off (default "
                             f"{WATCH_FOR_S:g}s; env ROLLOUT_WATCH_FOR)")
-    group.add_argument("--min-ready", type=duration, metavar="DURATION",
-                       help="each batch stays UP, watched, this long before the next one starts "
-                            "(as Kubernetes' minReadySeconds; default 0)")
-    group.add_argument("--canary", type=percents, metavar="PERCENT[,PERCENT...]",
-                       help="send that share of the traffic to the first new instance(s) by HAProxy "
-                            "weights, one watch window per step, e.g. 5,25,100 (implies --surge)")
+    if steps:
+        group.add_argument("--min-ready", type=duration, metavar="DURATION",
+                           help="each batch stays UP, watched, this long before the next one starts "
+                                "(as Kubernetes' minReadySeconds; default 0)")
+        group.add_argument("--canary", type=percents, metavar="PERCENT[,PERCENT...]",
+                           help="send that share of the traffic to the first new instance(s) by "
+                                "HAProxy weights, one watch window per step, e.g. 5,25,100 (implies "
+                                "--surge)")
     group.add_argument("--max-error-rate", type=float, metavar="SHARE",
                        help="the new version's share of errors (5xx, failed connections, cut "
                             "responses) may exceed the old one's by this much (default 0.01: 1%%)")

@@ -192,7 +192,6 @@ stdout_logfile={self.root / "logs" / "haproxy.log"}
         return shlex.join([
             str(agent), "--agent-bind", "127.0.0.1", "--agent-port", str(self.agent_port(instance)),
             "--ready-url", f"http://{instance.address}{self.stack.ready_path}",
-            "--drain-timeout", str(DRAIN_TIMEOUT_S), "--stop-timeout", str(APP_STOP_TIMEOUT_S),
             "--", *app,
         ])
 
@@ -209,6 +208,8 @@ stdout_logfile={self.root / "logs" / "haproxy.log"}
             # The agent's settings that `rollout restart --env` may override:
             "DRAIN_AGENT_HAPROXY_STATS": f"http://127.0.0.1:{self.stack.stats_port}/stats;csv",
             "DRAIN_AGENT_START_TIMEOUT": f"{self.stack.start_timeout_s:g}",
+            "DRAIN_AGENT_DRAIN_TIMEOUT": str(DRAIN_TIMEOUT_S),
+            "DRAIN_AGENT_STOP_TIMEOUT": str(APP_STOP_TIMEOUT_S),
             # The reference service closes its WebSockets and event streams on SIGUSR1
             # (docs/streams.md); another app gets no such signal unless its --env asks.
             **({"DRAIN_AGENT_DRAIN_NOTIFY": "SIGUSR1"}

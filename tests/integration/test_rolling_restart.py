@@ -96,7 +96,8 @@ def test_rollout_cli_status_restart_and_halt(tmp_path: Path) -> None:
         good = run("restart", "--version", "v1")
         assert good.returncode == 0, good.stderr
         assert "[app3] ready" in good.stderr
-        assert [line.split()[1] for line in run("status").stdout.splitlines()[1:]] == ["UP"] * 3
+        status = run("status")
+        assert [line.split()[1] for line in status.stdout.splitlines()[1:]] == ["UP"] * 3, status.stderr
 
         assert run("restart", "--env", "oops").returncode == 2
     finally:

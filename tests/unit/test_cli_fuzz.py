@@ -28,10 +28,15 @@ def subcommands() -> dict[str, argparse.ArgumentParser]:
     raise AssertionError("no subcommands")
 
 
+GLOBAL = {"--engine", "--state-dir", "--file", "--project-name", "--service", "--lb-service", "--app-port"}
+
+
 def flags(parser: argparse.ArgumentParser) -> Iterator[tuple[str, bool]]:
-    """(flag, takes a value) for each option of a subcommand."""
+    """(flag, takes a value) for each option of a subcommand (the global ones, which a subcommand
+    also takes, are fuzzed once, below: with --engine docker they would run docker)."""
     for action in parser._actions:
-        if action.option_strings and not isinstance(action, argparse._HelpAction):
+        if (action.option_strings and not isinstance(action, argparse._HelpAction)
+                and action.option_strings[-1] not in GLOBAL):
             yield action.option_strings[-1], action.nargs != 0
 
 
@@ -77,3 +82,27 @@ def test_nonsense_in_the_environment_is_an_error_not_a_traceback(
     for argv in (["status"], ["up", "--detach"], ["deploy", "v2"]):
         code, said = run(argv, nowhere)
         assert "Traceback" not in said and code in (1, 2), (argv, code, said)
+
+
+@pytest.mark.parametrize("flag", sorted(GLOBAL - {"--engine"}))
+def test_global_flags_with_nonsense_on_the_local_engine_are_errors_not_tracebacks(flag: str, nowhere: Path) -> None:
+    for value in VALUES:
+        for argv in ([flag, value, "status"], ["status", flag, value]):
+            code, said = run(argv, nowhere)
+            assert "Traceback" not in said and code in (1, 2), (argv, code, said)
+
+
+def test_global_flags_are_taken_after_the_subcommand_and_win_there() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["--state-dir", "a", "status", "--state-dir", "b", "--engine", "swarm"])
+    assert (args.state_dir, args.engine) == ("b", "swarm")
+    args = parser.parse_args(["--engine", "docker", "-f", "x.yaml", "deploy", "v2", "--service", "web"])
+    assert (args.engine, args.file, args.service, args.version) == ("docker", ["x.yaml"], "web", "v2")
+    args = parser.parse_args(["--state-dir", "a", "deploy", "v2"])
+    assert args.state_dir == "a"  # not undone by the subcommand's own (unused) copy
+
+
+def test_every_subcommand_says_what_it_does_with_examples() -> None:
+    for name, parser in subcommands().items():
+        text = parser.format_help()
+        assert parser.description and "examples:\n  rollout " in text, name

@@ -68,6 +68,7 @@ def test_the_local_stacks_supervisor_programs(tmp_path: Path) -> None:
     engine.write_configs()
     program = (tmp_path / "conf.d" / "app1.conf").read_text()
     assert settings(program, "stopwaitsecs") == [budget.GRACE_S]
-    assert f"--drain-timeout {budget.DRAIN_TIMEOUT_S} --stop-timeout {budget.APP_STOP_TIMEOUT_S} " in program
+    assert f'DRAIN_AGENT_DRAIN_TIMEOUT="{budget.DRAIN_TIMEOUT_S}"' in program  # env: --env may lower it
+    assert f'DRAIN_AGENT_STOP_TIMEOUT="{budget.APP_STOP_TIMEOUT_S}"' in program
     assert f'SERVICE_SHUTDOWN_TIMEOUT_S="{budget.APP_SHUTDOWN_S}"' in program
     assert ServiceConfig.__dataclass_fields__["shutdown_timeout_s"].default <= budget.APP_STOP_TIMEOUT_S
