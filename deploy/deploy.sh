@@ -73,9 +73,19 @@ service=${DEPLOY_SERVICE:-app}
 app_port=${DEPLOY_APP_PORT:-8000}
 version_url=${DEPLOY_VERSION_URL-}
 
-# The compose file's directory, unless COMPOSE_FILE says otherwise (made absolute first).
-if [ -n "${COMPOSE_FILE:-}" ]; then COMPOSE_FILE=$(realpath "$COMPOSE_FILE"); export COMPOSE_FILE; fi
-cd "$(dirname "$0")/.."
+# The tools it runs, checked before anything else.
+for tool in docker curl awk realpath flock; do
+  command -v "$tool" >/dev/null || { echo "deploy.sh: '$tool' is needed and not on PATH" >&2; exit 1; }
+done
+case "$(date +%N)" in *[!0-9]* | "") echo "deploy.sh: GNU date is needed (date +%N)" >&2; exit 1 ;; esac
+
+# The project as compose finds it: COMPOSE_FILE (each file made absolute), else the current
+# directory's compose file; run it from your project's directory (or, here, the repo root).
+if [ -n "${COMPOSE_FILE:-}" ]; then
+  IFS="${COMPOSE_PATH_SEPARATOR:-:}" read -r -a files <<<"$COMPOSE_FILE"
+  COMPOSE_FILE=$(for f in "${files[@]}"; do realpath "$f"; done | paste -sd "${COMPOSE_PATH_SEPARATOR:-:}")
+  export COMPOSE_FILE
+fi
 
 began=$(date +%s.%N)
 log() { printf '%s %s\n' "$(date +%H:%M:%S.%3N)" "$*"; }
@@ -105,10 +115,10 @@ export SERVICE_VERSION=$version   # the compose file tags the image and sets the
 
 # One deploy at a time per compose project, with `rollout --engine docker` too: an flock on
 # .zdh-deploy-<project>.lock beside the compose file (the kernel drops it when we die, however).
-command -v flock >/dev/null || fail "flock (util-linux) is needed: apt-get install util-linux"
 project=$(docker inspect -f '{{index .Config.Labels "com.docker.compose.project"}}' "${old_ids[0]}")
 first_file=${COMPOSE_FILE:-$PWD/docker-compose.yml}
-lockfile="$(dirname "${first_file%%:*}")/.zdh-deploy-$project.lock"
+first_file=${first_file%%"${COMPOSE_PATH_SEPARATOR:-:}"*}
+lockfile="$(dirname "$first_file")/.zdh-deploy-$project.lock"  # beside the first file, as rollout's
 exec 9<>"$lockfile" || fail "cannot open the deploy lock $lockfile"
 flock -n 9 || fail "another deploy holds this stack: $(head -c 300 "$lockfile"); wait for it, or stop that process (the lock goes with it: $lockfile)"
 lock_info="{\"pid\": $$, \"host\": \"$(hostname)\", \"command\": \"deploy.sh ${version:-}\", \"since\": $(date +%s)"
