@@ -33,12 +33,14 @@ def add_global_options(parser: argparse.ArgumentParser, suppress: bool = False) 
     parser.add_argument("--state-dir", default=default(env_default("STATE_DIR", ".rollout")),
                         help="where the local stack keeps its files (default .rollout; env "
                              "ROLLOUT_STATE_DIR)")
-    compose = parser.add_argument_group("your compose project (--engine docker)")
+    compose = parser.add_argument_group("your compose project (--engine docker) or Swarm stack")
     compose.add_argument("-f", "--file", action="append", metavar="FILE",
                          help="compose file(s), as `docker compose -f` (default: COMPOSE_FILE, else "
-                              "the current directory's compose file, else this repository's)")
+                              "the current directory's compose file, else this repository's); "
+                              "Swarm: the stack file (default deploy/stack.yml)")
     compose.add_argument("-p", "--project-name", metavar="NAME",
-                         help="the compose project (default: COMPOSE_PROJECT_NAME, as compose does)")
+                         help="the compose project (default: COMPOSE_PROJECT_NAME, as compose does); "
+                              "Swarm: the stack name (default ZDH_STACK, else zdh)")
     compose.add_argument("--service", metavar="NAME",
                          help="the service to roll (default app; env ROLLOUT_SERVICE)")
     compose.add_argument("--lb-service", metavar="NAME",

@@ -22,12 +22,16 @@ SERVICE_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 
 def make_engine(args: argparse.Namespace) -> Engine:
     """The one place `--engine` is read: every command works on the Engine this returns."""
-    compose_flags = [flag for flag, value in (("-f", args.file), ("-p", args.project_name),
+    project_flags = [flag for flag, value in (("-f", args.file), ("-p", args.project_name),
                                               ("--service", args.service), ("--lb-service", args.lb_service),
                                               ("--app-port", args.app_port)) if value]
-    if compose_flags and args.engine != "docker":
-        raise RolloutError(f"{', '.join(compose_flags)}: for --engine docker (a compose project)",
-                           exit_code=2)
+    if project_flags and args.engine == "local":
+        raise RolloutError(f"{', '.join(project_flags)}: for --engine docker (a compose project) or "
+                           "swarm (-f the stack file, -p the stack name)", exit_code=2)
+    swarm_only = [flag for flag in project_flags if flag not in ("-f", "-p")]
+    if args.engine == "swarm" and (swarm_only or len(args.file or ()) > 1):
+        raise RolloutError(f"{', '.join(swarm_only) or '-f twice'}: on Swarm only -f (one stack file) "
+                           "and -p (the stack name)", exit_code=2)
     if args.engine == "docker":
         return make_docker_engine(args)
     if args.engine == "swarm":
@@ -141,7 +145,10 @@ def make_swarm_engine(args: argparse.Namespace) -> SwarmEngine:
         ):
             if value != default or var not in os.environ:
                 env[var] = str(value)
-    return SwarmEngine(env=env)
+    if args.file and not Path(args.file[0]).is_file():
+        raise RolloutError(f"-f {args.file[0]}: no such file", exit_code=2)
+    return SwarmEngine(env=env, stack=args.project_name,
+                       **({"stack_file": Path(args.file[0])} if args.file else {}))
 
 
 MUTATING = ("down", "deploy", "restart", "undo", "release", "switch", "reload")  # `up`: while it starts

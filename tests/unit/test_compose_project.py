@@ -61,3 +61,20 @@ def test_the_compose_command_carries_the_files_and_the_name(tmp_path: Path, monk
     engine.compose("ps", "-q", engine.lb)
     assert seen == [["docker", "compose", "-f", str(a), "-f", str(b), "-p", "shop", "ps", "-q", "lb"]]
     assert engine.services() == ("web",)
+
+
+def test_swarm_takes_its_stack_file_and_name_from_the_same_flags(tmp_path: Path) -> None:
+    from deploy.cli_args import build_parser
+    from deploy.cli_stack import make_engine
+    from deploy.engines.swarm import SwarmEngine
+
+    stack_file = tmp_path / "shop.yml"
+    stack_file.write_text("services: {}\n")
+    args = build_parser().parse_args(["--engine", "swarm", "-f", str(stack_file), "-p", "shop", "status"])
+    engine = make_engine(args)
+    assert isinstance(engine, SwarmEngine) and engine.stack == "shop" and engine.stack_file == stack_file
+    for argv, says in ((["--engine", "swarm", "--service", "web", "status"], "on Swarm only -f"),
+                       (["-f", str(stack_file), "status"], "for --engine docker"),
+                       (["--engine", "swarm", "-f", "nope.yml", "status"], "no such file")):
+        with pytest.raises(RolloutError, match=says):
+            make_engine(build_parser().parse_args(argv))
