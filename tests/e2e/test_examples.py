@@ -26,6 +26,7 @@ import re
 import secrets
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,7 +36,6 @@ import pytest
 
 from tests.e2e.conftest import (
     REPO,
-    ROLLOUT,
     ComposeStack,
     Container,
     DockerEvents,
@@ -337,9 +337,10 @@ services:
 
 
 def test_rollout_and_a_copied_deploy_sh_drive_a_compose_project_of_ones_own(tmp_path: Path) -> None:
-    """`rollout --engine docker -f stack.yaml -p NAME --service web deploy v2` from the project's
-    directory (no COMPOSE_* set), `status` from elsewhere by COMPOSE_FILE / COMPOSE_PROJECT_NAME,
-    then deploy.sh copied into the project, each under the strict checker."""
+    """`rollout --engine docker -f stack.yaml -p NAME --service web deploy v2`, installed with pip
+    (not editable), from the project's directory (no COMPOSE_* set); `status` from elsewhere by
+    COMPOSE_FILE / COMPOSE_PROJECT_NAME; then deploy.sh copied into the project, each deploy
+    under the strict checker."""
     require_docker()
     ensure_base_image("node")
     stack = ComposeStack(tmp_path / "stack.yaml", prefix="shop")
@@ -353,8 +354,16 @@ def test_rollout_and_a_copied_deploy_sh_drive_a_compose_project_of_ones_own(tmp_
     plain = {k: v for k, v in stack.env.items() if not k.startswith(("COMPOSE_", "ZDH_"))}
     plain["SERVICE_VERSION"] = "v1"
 
+    # rollout as a user installs it (`pip install <repo>`, not editable), beside the project.
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", str(REPO)], capture_output=True,
+                         text=True, timeout=600, env={**os.environ, "PIP_NO_INPUT": "1"}, check=False)
+    assert pip.returncode == 0, pip.stderr[-2000:]
+    installed = venv / "bin" / "rollout"
+
     def rollout(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(ROLLOUT), "--engine", "docker", *args], capture_output=True, text=True,
+        return subprocess.run([str(installed), "--engine", "docker", *args], capture_output=True, text=True,
                               cwd=cwd, env={**plain, **env}, timeout=300, check=False)
 
     try:
