@@ -51,7 +51,10 @@ def run(argv: list[str], nowhere: Path) -> tuple[int, str]:
 
 
 @pytest.fixture
-def nowhere(tmp_path: Path) -> Path:
+def nowhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A state directory that cannot exist; and the test runs in tmp_path, so that a relative
+    one a value names (`--state-dir 3`) could never land in the checkout."""
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "a-file").write_text("")
     return tmp_path / "a-file" / "state"
 
