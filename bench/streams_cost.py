@@ -23,7 +23,8 @@ from bench.measure import Context, LoadSpec, order
 from bench.original import describe
 from bench.stacks import Stacks, StackSpec, versions
 from deploy.check.loadcheck import LoadPlan, LoadResult, check_ledgers, run_load
-from deploy.check.streams import StreamsPlan, StreamsResult, check_ws_ledgers, report_data, run_streams
+from deploy.check.streams import StreamsPlan, StreamsResult, run_streams
+from deploy.check.streams_report import check_ws_ledgers, report_data
 from deploy.engines.local import LocalEngine
 
 KEY = "streams"

@@ -11,7 +11,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-from deploy.check import streams
+from deploy.check import streams, streams_report
 from deploy.check.loadcheck import LoadPlan, LoadResult, check_ledgers, run_load
 from deploy.check.report import summary, write_report
 from deploy.check.streams import StreamsResult
@@ -82,16 +82,17 @@ def cmd_check(engine: Engine, args: argparse.Namespace) -> int:
         result, clients = run_event_loop(streams.alongside(streams_plan, load))
     ledger = check_ledgers(result, engine.ledgers()) if engine.ledgers() else None
     print(summary(result, ledger, restart, plan.concurrency))
-    ws_ledger = streams.check_ws_ledgers(clients, engine.ledgers()) if clients and engine.ledgers() else None
+    ledgers = engine.ledgers()
+    ws_ledger = streams_report.check_ws_ledgers(clients, ledgers) if clients and ledgers else None
     if clients is not None:
-        print(streams.summary(clients, ws_ledger))
+        print(streams_report.summary(clients, ws_ledger))
     if args.report:
         timeline = instance_timeline(engine, result.started)
         if clients is not None:
-            timeline = sorted(timeline + streams.timeline_events(clients), key=lambda e: e.at)
+            timeline = sorted(timeline + streams_report.timeline_events(clients), key=lambda e: e.at)
         written = write_report(Path(args.report), result, ledger, restart, plan, timeline)
         if clients is not None:
-            streams.append_to_report(Path(args.report), clients, ws_ledger, result.started)
+            streams_report.append_to_report(Path(args.report), clients, ws_ledger, result.started)
         say("report: " + ", ".join(str(path) for path in written))
     failed = result.failed > 0 or (ledger is not None and not ledger.ok)
     failed = failed or (clients is not None and not clients.ok)

@@ -14,7 +14,8 @@ SSE (`/events`): each client reads the numbered stream; when it ends it waits th
 the previous id + 1 (no gap, nothing twice) and carry the value the sequence defines.
 
 Every close and the reconnect that followed is kept (`Reconnect`): the summary gives how many
-and how fast, `timeline_events` marks them on the report's timeline.
+and how fast, `timeline_events` marks them on the report's timeline (deploy/check/streams_report.py:
+the ledgers' proof, the summary and the report).
 """
 
 from __future__ import annotations
@@ -28,17 +29,14 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-import httptools
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from deploy.check.loadcheck import percentile
-from deploy.model import Event
+from deploy.check.sse import SseProtocol
 from service.streams import event_value
 
 T = TypeVar("T")
@@ -252,101 +250,6 @@ async def ws_client(plan: StreamsPlan, index: int, stop: asyncio.Event, result: 
 # -- server-sent events ------------------------------------------------------------------------
 
 
-@dataclass
-class SseEvent:
-    id: str | None  # the last event id, as an EventSource keeps it
-    event: str
-    data: str
-
-
-class SseDecoder:
-    """The text/event-stream format (WHATWG HTML, "Server-sent events"): fields up to a blank line.
-    `retry_ms` is the stream's reconnection time, as its last `retry:` field set it."""
-
-    def __init__(self) -> None:
-        self.buffer = b""
-        self.id: str | None = None
-        self.event = ""
-        self.data: list[str] = []
-        self.retry_ms: int | None = None
-
-    def feed(self, chunk: bytes) -> list[SseEvent]:
-        self.buffer += chunk
-        events: list[SseEvent] = []
-        while True:
-            cut = min((i for i in (self.buffer.find(b"\n"), self.buffer.find(b"\r")) if i >= 0), default=-1)
-            if cut < 0 or (self.buffer[cut:cut + 1] == b"\r" and cut + 1 == len(self.buffer)):
-                return events  # no line end yet, or a \r whose \n may be in the next chunk
-            line = self.buffer[:cut].decode(errors="replace")
-            end = cut + (2 if self.buffer[cut : cut + 2] == b"\r\n" else 1)
-            self.buffer = self.buffer[end:]
-            if not line:
-                if self.data:
-                    events.append(SseEvent(self.id, self.event or "message", "\n".join(self.data)))
-                self.event, self.data = "", []
-                continue
-            if line.startswith(":"):
-                continue
-            name, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if name == "data":
-                self.data.append(value)
-            elif name == "event":
-                self.event = value
-            elif name == "id" and "\0" not in value:
-                self.id = value
-            elif name == "retry" and value.isdigit():
-                self.retry_ms = int(value)
-
-
-class _SseProtocol(asyncio.Protocol):
-    def __init__(self, request: bytes) -> None:
-        self.request = request
-        self.parser = httptools.HttpResponseParser(self)
-        self.decoder = SseDecoder()
-        self.headers: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self.events: asyncio.Queue[SseEvent] = asyncio.Queue()
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        transport.write(self.request)  # type: ignore[attr-defined]
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self.finish(f"bad response ({exc})")
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.finish("reset" if isinstance(exc, ConnectionResetError) else "cut")
-
-    def on_headers_complete(self) -> None:
-        if not self.headers.done():
-            self.headers.set_result(self.parser.get_status_code())
-
-    def on_body(self, body: bytes) -> None:
-        if self.headers.done() and self.headers.result() == 200:
-            for event in self.decoder.feed(body):
-                self.events.put_nowait(event)
-
-    def on_message_complete(self) -> None:
-        self.finish("end")
-
-    def finish(self, how: str) -> None:
-        if not self.headers.done():
-            self.headers.set_exception(ConnectionError(how))
-        if not self.done.done():
-            self.done.set_result(how)
-        if self.transport is not None and how != "end":
-            self.transport.close()
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-
 async def sse_client(plan: StreamsPlan, index: int, stop: asyncio.Event, result: StreamsResult) -> SseTally:
     tally = SseTally(client=f"{plan.run_id}-sse{index}")
     host, _, port = plan.origin.rpartition(":")
@@ -355,7 +258,7 @@ async def sse_client(plan: StreamsPlan, index: int, stop: asyncio.Event, result:
     await asyncio.sleep(random.random() * 0.5)
     while not stop.is_set():
         attempts = 0
-        protocol: _SseProtocol | None = None
+        protocol: SseProtocol | None = None
         while not stop.is_set():
             attempts += 1
             resume = f"last-event-id: {tally.last_id}\r\n" if tally.last_id else ""
@@ -364,7 +267,7 @@ async def sse_client(plan: StreamsPlan, index: int, stop: asyncio.Event, result:
             try:
                 async with asyncio.timeout(plan.connect_timeout_s):
                     _, protocol = await loop.create_connection(
-                        functools.partial(_SseProtocol, request), host, int(port))
+                        functools.partial(SseProtocol, request), host, int(port))
                     status = await protocol.headers
                 if status == 200:
                     break
@@ -457,151 +360,3 @@ async def alongside(plan: StreamsPlan, work: Awaitable[T], warm_up_s: float = 1.
     finally:
         stop.set()
     return outcome, await streams
-
-
-# -- proving it from the ledgers ----------------------------------------------------------------
-
-
-@dataclass
-class WsLedgerCheck:
-    """WebSocket messages sent vs. processed, from the instances' ledgers (`ws:<client>:<seq>`)."""
-
-    sent: int
-    processed_once: int
-    missing: int  # sent (and echoed), yet no instance recorded it
-    duplicated: int  # recorded more than once: processed twice
-    unexpected: int  # recorded, never sent
-
-    @property
-    def ok(self) -> bool:
-        return self.processed_once == self.sent and not (self.missing or self.duplicated or self.unexpected)
-
-
-def check_ws_ledgers(result: StreamsResult, ledgers: list[Path]) -> WsLedgerCheck:
-    sent = {tally.client: tally.sent for tally in result.ws}
-    prefix = f"ws:{result.ws[0].client.rsplit('-', 1)[0]}-" if result.ws else None
-    seen: Counter[tuple[str, int]] = Counter()
-    for path in ledgers:
-        with path.open() as lines:
-            for line in lines:
-                if prefix is None or not line.startswith(prefix):
-                    continue
-                _, client, seq = line.strip().split(":")
-                seen[(client, int(seq))] += 1
-    expected = {(client, seq) for client, count in sent.items() for seq in range(1, count + 1)}
-    return WsLedgerCheck(
-        sent=len(expected),
-        processed_once=sum(1 for key in expected if seen[key] == 1),
-        missing=sum(1 for key in expected if seen[key] == 0),
-        duplicated=sum(1 for key in seen if seen[key] > 1),
-        unexpected=sum(1 for key in seen if key not in expected),
-    )
-
-
-# -- reporting ----------------------------------------------------------------------------------
-
-
-def latency_text(values: list[float]) -> str:
-    if not values:
-        return "none"
-    return (f"{len(values)}, p50 {percentile(values, 50):.0f} ms, p99 {percentile(values, 99):.0f} ms, "
-            f"max {max(values):.0f} ms")
-
-
-def summary(result: StreamsResult, ledger: WsLedgerCheck | None = None) -> str:
-    lines = []
-    if result.ws:
-        sent = sum(t.sent for t in result.ws)
-        verdict = "each echoed exactly once" if result.ws_exactly_once else (
-            f"NOT exactly once: {sum(t.sent - t.echoed for t in result.ws)} without echo, "
-            f"{sum(t.duplicates for t in result.ws)} echoed twice, "
-            f"{sum(t.unknown for t in result.ws)} unknown")
-        lines.append(f"websocket  {len(result.ws)} clients, {sent} messages, {verdict}; "
-                     f"{sum(t.resent for t in result.ws)} resent after a reconnect")
-        if ledger is not None:
-            lines.append("           ledgers: " + ("each processed exactly once" if ledger.ok else (
-                f"NOT exactly once: {ledger.missing} missing, {ledger.duplicated} processed twice, "
-                f"{ledger.unexpected} unexpected")))
-        lines.append(f"           reconnects {latency_text(result.reconnect_ms('ws'))}")
-    if result.sse:
-        events = sum(t.events for t in result.sse)
-        verdict = "in order, no gap" if result.sse_in_order else (
-            f"{sum(t.gaps for t in result.sse)} gaps, {sum(t.repeats for t in result.sse)} repeats, "
-            f"{sum(t.bad_values for t in result.sse)} bad values")
-        lines.append(f"sse        {len(result.sse)} clients, {events} events, {verdict}")
-        lines.append(f"           reconnects {latency_text(result.reconnect_ms('sse'))}")
-    if result.slow_reconnects:
-        lines.append(f"           {len(result.slow_reconnects)} reconnects over {RECONNECT_BUDGET_S:g} s")
-    if result.failures:
-        lines.append("           attempts failed: " + ", ".join(
-            f"{cause} {n}" for cause, n in result.failures.most_common()))
-    return "\n".join(lines)
-
-
-def bursts(result: StreamsResult, window_s: float = 2.0) -> list[list[Reconnect]]:
-    """Reconnects grouped by kind and the instance left, a burst being closes within `window_s`:
-    one per instance restarted, in a rolling restart."""
-    groups: list[list[Reconnect]] = []
-    for reconnect in sorted(result.reconnects, key=lambda r: r.closed_at):
-        for group in groups:
-            first = group[0]
-            if ((first.kind, first.left) == (reconnect.kind, reconnect.left)
-                    and reconnect.closed_at - first.closed_at <= window_s):
-                group.append(reconnect)
-                break
-        else:
-            groups.append([reconnect])
-    return groups
-
-
-def timeline_events(result: StreamsResult) -> list[Event]:
-    """One mark per burst, for the report's timeline (`write_report(instance_events=...)`)."""
-    return [
-        Event(group[0].closed_at, group[0].left or "?", f"{group[0].kind}-reconnect",
-              f"{len(group)} clients, max {max(r.ms for r in group):.0f} ms")
-        for group in bursts(result)
-    ]
-
-
-def reconnect_stats(values: list[float]) -> dict[str, float]:
-    return {"count": len(values), "p50": round(percentile(values, 50), 1),
-            "p99": round(percentile(values, 99), 1), "max": round(max(values, default=0), 1)}
-
-
-def report_data(result: StreamsResult, ledger: WsLedgerCheck | None, since: float) -> dict[str, Any]:
-    return {
-        "ws_clients": len(result.ws),
-        "sse_clients": len(result.sse),
-        "ws_messages": sum(t.sent for t in result.ws),
-        "ws_exactly_once": result.ws_exactly_once,
-        "ws_resent": sum(t.resent for t in result.ws),
-        "ws_ledger": asdict(ledger) if ledger else None,
-        "sse_events": sum(t.events for t in result.sse),
-        "sse_in_order": result.sse_in_order,
-        "failures": dict(result.failures),
-        "closes": dict(result.closes),
-        "reconnect_ms": {kind: reconnect_stats(result.reconnect_ms(kind)) for kind in ("ws", "sse")},
-        "bursts": [{"t": round(g[0].closed_at - since, 3), "kind": g[0].kind, "left": g[0].left,
-                    "clients": len(g), "max_ms": round(max(r.ms for r in g), 1),
-                    "reached": dict(Counter(r.reached for r in g))} for g in bursts(result)],
-    }
-
-
-def append_to_report(directory: Path, result: StreamsResult, ledger: WsLedgerCheck | None,
-                     since: float) -> None:
-    """Add the streams to report.json and report.md that `write_report` wrote in `directory`."""
-    data = report_data(result, ledger, since)
-    path = directory / "report.json"
-    report = json.loads(path.read_text())
-    report["streams"] = data
-    path.write_text(json.dumps(report, indent=1) + "\n")
-    lines = ["", "## Long-lived connections", "", "```", summary(result, ledger), "```", ""]
-    if data["bursts"]:
-        lines += ["| t (s) | kind | left | clients | reached | max reconnect ms |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| {b['t']} | {b['kind']} | {b['left']} | {b['clients']} | "
-                  + ", ".join(f"{k}: {n}" for k, n in sorted(b["reached"].items())) + f" | {b['max_ms']} |"
-                  for b in data["bursts"]]
-        lines.append("")
-    with (directory / "report.md").open("a") as md:
-        md.write("\n".join(lines))

@@ -28,7 +28,8 @@ import uvloop
 
 from agent.events import parse_log
 from deploy.check.loadcheck import LoadPlan, LoadResult, check_ledgers, run_load
-from deploy.check.streams import StreamsPlan, StreamsResult, bursts, check_ws_ledgers, run_streams, summary
+from deploy.check.streams import StreamsPlan, StreamsResult, run_streams
+from deploy.check.streams_report import bursts, check_ws_ledgers, summary
 from deploy.strategies.rolling import Event, RestartResult, rolling_restart
 from tests.conftest import HAProxy, Processes, start_agent, wait_for
 

@@ -20,17 +20,9 @@ import websockets
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from deploy.check.streams import (
-    Reconnect,
-    SseDecoder,
-    StreamsPlan,
-    StreamsResult,
-    WsTally,
-    bursts,
-    check_ws_ledgers,
-    summary,
-    timeline_events,
-)
+from deploy.check.sse import SseDecoder
+from deploy.check.streams import Reconnect, StreamsPlan, StreamsResult, WsTally
+from deploy.check.streams_report import bursts, check_ws_ledgers, summary, timeline_events
 from service.config import ServiceConfig
 from service.server import DrainingServer, build_server
 from service.streams import event_value, format_event, parse_last_event_id, parse_message
