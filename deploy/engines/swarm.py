@@ -35,7 +35,7 @@ from typing import Any
 from agent.errors import HAProxyError
 from agent.haproxy import ServerStat, StatsPage
 from deploy.engines.base import BACKEND, Finished, Instance, Release, check_version
-from deploy.engines.compose import RUNTIME_API_SCRIPT, STATE_DUMP_SCRIPT
+from deploy.engines.compose_access import RUNTIME_API_SCRIPT, STATE_DUMP_SCRIPT
 from deploy.errors import RolloutError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

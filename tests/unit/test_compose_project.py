@@ -55,7 +55,7 @@ def test_the_compose_command_carries_the_files_and_the_name(tmp_path: Path, monk
 
         return subprocess.CompletedProcess(argv, 0, "", "")
 
-    monkeypatch.setattr("deploy.engines.compose.subprocess.run", run)
+    monkeypatch.setattr("deploy.engines.compose_access.subprocess.run", run)
     a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
     engine = DockerEngine(env={}, project=ComposeProject(files=(a, b), name="shop", service="web", lb_service="lb"))
     engine.compose("ps", "-q", engine.lb)
