@@ -24,34 +24,35 @@ if TYPE_CHECKING:
 
 
 def converge(deploy: Deploy, repair: Repair) -> None:
-    fleet = deploy.fleet
-    for line in fleet.settle():
-        deploy.emit_all("converge", line)
+    """Until the fleet has its size and every instance is UP, or the deploy's timeout. Settled
+    again each round: a stop the dead deploy began may end only now (a container still draining
+    looks like a running one until it exits), and then its place is filled."""
+    fleet, clock = deploy.fleet, deploy.clock
     reset_all_weights(deploy)
-    instances = fleet.instances()
-    if len(instances) < repair.size:
-        start_missing(deploy, repair, instances)
-    elif len(instances) > repair.size:
-        retire_extras(deploy, repair, instances)
-    else:
-        deploy.emit_all("converge", f"{len(instances)} of {repair.size} instances run")
-    wait_all_up(deploy)
-
-
-def wait_all_up(deploy: Deploy) -> None:
-    """An instance the dead deploy started may still be booting: the deploy begins once every
-    instance is UP, or after its timeout, saying which are not (the guard then decides)."""
-    deadline = deploy.clock.monotonic() + deploy.plan.timeout_s
+    deadline = clock.monotonic() + deploy.plan.timeout_s
+    acted = False
     while True:
+        for line in fleet.settle():
+            deploy.emit_all("converge", line)
+        instances = fleet.instances()
+        if len(instances) < repair.size:
+            start_missing(deploy, repair, instances)
+            acted = True
+            continue
+        if len(instances) > repair.size:
+            retire_extras(deploy, repair, instances)
+            acted = True
+            continue
         deploy.stats = deploy.read()
-        down = [i.name for i in deploy.fleet.instances()
-                if (row := row_of(deploy.stats, i)) is None or row.status != "UP"]
+        down = [i.name for i in instances if (row := row_of(deploy.stats, i)) is None or row.status != "UP"]
         if not down:
+            if not acted:
+                deploy.emit_all("converge", f"{len(instances)} of {repair.size} instances run")
             return
-        if deploy.clock.monotonic() >= deadline:
+        if clock.monotonic() >= deadline:
             deploy.emit_all("converge", f"not UP after {deploy.plan.timeout_s:g}s: {', '.join(down)}")
             return
-        deploy.clock.sleep(0.1)
+        clock.sleep(0.1)
 
 
 def reset_all_weights(deploy: Deploy) -> None:
