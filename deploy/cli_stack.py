@@ -17,7 +17,7 @@ from deploy.errors import RolloutError
 from deploy.history import History
 from deploy.lock import LOCK_NAME
 
-SERVICE_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")  # compose checks the rest
 
 
 def make_engine(args: argparse.Namespace) -> Engine:
