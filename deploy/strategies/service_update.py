@@ -141,9 +141,10 @@ def service_update(
                     and all(seen.get(task.id) == "ready" for task in live))
         running = sorted({task.version or "?" for task in live})
         if (current is not None and current.state == finished and serving and version is not None
-                and not any(task.id in old for task in live) and running != [version]):
+                and running != [version]):
             # Seen on Docker 20.10: a task that crashed within the monitor made Swarm put the
-            # previous spec back, and it then called the update "completed".
+            # previous spec back, and it then called the update "completed" (the tasks it had not
+            # reached yet are still the old ones).
             emit(engine.full_name(APP), "failed", f"Swarm rolled the update back: the tasks run "
                  f"{', '.join(running)}, not {version}")
             result.error = (f"Swarm rolled the update back: its tasks run {', '.join(running)} again, not "
