@@ -19,6 +19,7 @@ from collections.abc import Sequence  # noqa: E402
 
 from agent import probe  # noqa: E402
 from agent.config import AgentConfig, load_config  # noqa: E402
+from agent.connections import established_to  # noqa: E402
 from agent.errors import AgentError  # noqa: E402
 from agent.events import Timeline, setup_logging  # noqa: E402
 from agent.haproxy import ServerStat, StatsPage  # noqa: E402
@@ -65,6 +66,9 @@ class HostProbes:
 
     async def port_taken(self) -> bool:
         return await probe.listening(self.config.ready_url, timeout_s=1.0)
+
+    def app_connections(self) -> int | None:
+        return established_to(self.config.app_port)
 
     def is_mine(self, stat: ServerStat) -> bool:
         if self.config.backend and stat.backend != self.config.backend:

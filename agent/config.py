@@ -45,6 +45,7 @@ class AgentConfig:
     stats_timeout_s: float = 1.0  # per stats read
     metrics_port: int = 0  # 0: no metrics endpoint
     drain_notify: str = ""  # '': off; else the signal the app gets once out of rotation (SIGUSR1)
+    reload_window_s: float = 70.0  # HAProxy's hard-stop-after: how long an old worker may live
 
     def __post_init__(self) -> None:
         if not self.command:
@@ -71,6 +72,7 @@ class AgentConfig:
             ("--drain-timeout", self.drain_timeout_s),
             ("--stop-timeout", self.stop_timeout_s),
             ("--start-timeout", self.start_timeout_s),
+            ("--reload-window", self.reload_window_s),
         ):
             if not math.isfinite(value) or value < 0:
                 raise ConfigError(f"{flag} {value}: must be a finite number of seconds >= 0")
@@ -95,6 +97,12 @@ class AgentConfig:
     def drain_notify_signal(self) -> int | None:
         """The signal number of --drain-notify, or None when it is off."""
         return parse_notify_signal(self.drain_notify) if self.drain_notify else None
+
+    @property
+    def app_port(self) -> int:
+        """The port the app listens on here (the readiness URL's)."""
+        parts = urlsplit(self.ready_url)
+        return parts.port or (443 if parts.scheme == "https" else 80)
 
     @property
     def port(self) -> int:
@@ -146,6 +154,7 @@ FLAGS = {
     "--stats-timeout": ("stats_timeout_s", float),
     "--metrics-port": ("metrics_port", int),
     "--drain-notify": ("drain_notify", str),
+    "--reload-window": ("reload_window_s", float),
 }
 HELP = {
     "--haproxy-stats": "a HAProxy's read-only stats CSV, http://host:port/stats;csv; repeat it "
@@ -165,6 +174,10 @@ HELP = {
     "--drain-notify": "once every HAProxy sends this server no new work, send the app this "
                       "signal (e.g. SIGUSR1) so it closes its WebSockets and event streams; the "
                       "drain then waits for 0 sessions as before (default: off)",
+    "--reload-window": "for this many seconds after a HAProxy reload (its hard-stop-after) an "
+                       "old worker may still carry sessions no stats page shows: a drain then "
+                       "also waits until the app's port holds no connection but HAProxy's idle "
+                       "ones (0: off)",
 }
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(AgentConfig)}
 

@@ -47,6 +47,11 @@ EVENTS = {
     "drain.timeout": "--drain-timeout passed before every HAProxy showed zero (sessions: left "
                      "open, cut when the app stops)",
     "drain.cut": "the drain ended early: a second signal, or the app exited",
+    "drain.old_workers": "a HAProxy reloaded within --reload-window: the app's port still holds "
+                         "connections no stats page accounts for (an old worker's sessions); "
+                         "the drain waits for them",
+    "haproxy.uptime_unknown": "a HAProxy worker's uptime could not be read: taken as just "
+                              "reloaded (the drain also counts the app's connections)",
     "signal.received": "a stop signal: the drain begins",
     "signal.again": "a second stop signal: the drain is cut short",
     "signal.forwarded": "a signal passed on to the app",

@@ -82,6 +82,7 @@ class ServerStat:
     rtime: int = 0  # average response time (ms) over its last 1024 requests
     chkdown: int = 0  # UP -> DOWN transitions
     weight: int = 0
+    idle: int = 0  # idle connections to it in HAProxy's pool (idle_conn_cur + safe_conn_cur)
 
     @property
     def busy(self) -> int:
@@ -142,6 +143,7 @@ def stat_from_row(row: dict[str, str]) -> ServerStat:
             addr=row.get("addr", ""),
             check=row.get("check_desc", ""),
             **{name: int(row.get(name) or 0) for name in COUNTERS},
+            idle=int(row.get("idle_conn_cur") or 0) + int(row.get("safe_conn_cur") or 0),
         )
     except (KeyError, ValueError) as exc:
         raise HAProxyParseError(f"stats: bad row for {row.get('svname')!r}: {exc}") from exc
@@ -166,6 +168,18 @@ def parse_info(text: str) -> dict[str, str]:
     if "Pid" not in info or "Uptime_sec" not in info:
         raise HAProxyParseError(f"show info: no Pid/Uptime_sec in {text[:80]!r}")
     return info
+
+
+UPTIME = re.compile(r"uptime = </b>\s*(\d+)d (\d+)h(\d+)m(\d+)s")
+
+
+def parse_uptime(html: str) -> float:
+    """The serving worker's uptime from the stats page's HTML ('uptime = </b> 0d 0h00m05s')."""
+    found = UPTIME.search(html)
+    if found is None:
+        raise HAProxyParseError(f"stats page: no 'uptime = ...' in {html[:80]!r}")
+    days, hours, minutes, seconds = (int(part) for part in found.groups())
+    return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
 
 
 def check_stats_url(url: str) -> str:
@@ -199,6 +213,18 @@ class StatsPage:
         if status != 200:
             raise HAProxyCommandError(f"HAProxy stats at {self.url} answered {status}")
         return parse_stat_csv(body.decode(errors="replace"))
+
+    async def uptime_s(self) -> float:
+        """How long the worker serving this page has run: a reload starts a new one, and the
+        old one may still carry sessions that this page cannot show."""
+        url = self.url.replace(";csv", "")
+        try:
+            status, body = await probe.get(url, self.timeout_s, MAX_REPLY_BYTES)
+        except (OSError, TimeoutError) as exc:
+            raise HAProxyConnectError(f"HAProxy stats at {url} unreachable: {exc or 'timeout'}") from None
+        if status != 200:
+            raise HAProxyCommandError(f"HAProxy stats at {url} answered {status}")
+        return parse_uptime(body.decode(errors="replace"))
 
 
 class RuntimeAPI:

@@ -5,7 +5,9 @@
               HAProxy's own health check then makes the server UP.
     SIGTERM:  answer drain; wait until every HAProxy's stats show this server out of
               rotation with scur + qcur == 0 (a failed read is retried, never taken as
-              drained; bounded by --drain-timeout); only then signal the app; wait for it
+              drained; bounded by --drain-timeout) and, within --reload-window of a
+              HAProxy reload, until the app's port holds no connection but the pools' idle
+              ones (an old worker's sessions); only then signal the app; wait for it
               (bounded by --stop-timeout, then SIGKILL); exit with its code.
               With --drain-notify SIG: as soon as every HAProxy shows the server out of
               rotation (no new work can arrive), the app gets SIG, once, so it closes its
@@ -51,6 +53,7 @@ class Stats(Protocol):
     url: str
 
     async def servers(self) -> list[ServerStat]: ...
+    async def uptime_s(self) -> float: ...
 
 
 class Clock(Protocol):
@@ -62,6 +65,7 @@ class Probes(Protocol):
     async def app_ready(self) -> bool: ...
     async def port_taken(self) -> bool: ...
     def is_mine(self, stat: ServerStat) -> bool: ...
+    def app_connections(self) -> int | None: ...
 
 
 class Agent:
@@ -90,6 +94,7 @@ class Agent:
         self.child: App | None = None
         self.app_ready = False
         self.last_error: dict[str, str] = {}
+        self.reload_recent = False  # a HAProxy worker younger than --reload-window was seen
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -252,6 +257,7 @@ class Agent:
         deadline = began + self.config.drain_timeout_s
         busy: dict[str, int | str] = {h.url: "unread" for h in self.haproxies}
         notify = self.config.drain_notify_signal
+        reload_said = False
         while True:
             if self.forced.is_set() or self.child.exited.done():
                 self.event("drain.cut", reason="second signal" if self.forced.is_set() else "app exited")
@@ -266,6 +272,8 @@ class Agent:
                            **({"sessions": cut} if cut else {}),
                            hint="relying on the app's own drain")
                 return
+            idle = 0
+            busy.pop("old-workers", None)
             for haproxy in self.haproxies:
                 rows = await self.my_rows(haproxy)
                 if not rows:
@@ -277,6 +285,7 @@ class Agent:
                     busy[haproxy.url] = "accepting"
                 else:
                     busy[haproxy.url] = sum(row.busy for row in rows)
+                    idle += sum(row.idle for row in rows)
             if notify is not None and self.app_ready and all(isinstance(n, int) for n in busy.values()):
                 # Out of rotation everywhere: what is still open can only end, so the app may
                 # close its long-lived connections now; the drain then waits for 0 as before.
@@ -286,9 +295,40 @@ class Agent:
                                after_ms=int((self.clock.now() - began) * 1000))
                 notify = None
             if all(n == 0 for n in busy.values()):
-                self.event("drain.done")
-                return
+                held = await self.held_by_old_workers(idle)
+                if not held:
+                    self.event("drain.done")
+                    return
+                busy["old-workers"] = held
+                if not reload_said:
+                    reload_said = True
+                    self.event("drain.old_workers", connections=held, idle=idle,
+                               hint="HAProxy reloaded recently: its old worker still has "
+                                    "sessions here; waiting for them")
             await self.clock.sleep(self.config.poll_interval_s)
+
+    async def held_by_old_workers(self, idle: int) -> int:
+        """Connections to the app that no HAProxy's stats account for: an old worker's, after a
+        reload within --reload-window (a worker's uptime that cannot be read counts as
+        recent). The pools' idle connections are counted out; sessions are 0 by now."""
+        if self.config.reload_window_s <= 0:
+            return 0
+        if not self.reload_recent:
+            for haproxy in self.haproxies:
+                try:
+                    uptime = await haproxy.uptime_s()
+                except HAProxyError as exc:
+                    if self.last_error.get(haproxy.url + " uptime") is None:
+                        self.last_error[haproxy.url + " uptime"] = "said"
+                        self.event("haproxy.uptime_unknown", logging.WARNING, haproxy=haproxy.url,
+                                   error=exc, hint="taken as just reloaded")
+                    uptime = 0.0
+                if uptime < self.config.reload_window_s:
+                    self.reload_recent = True
+            if not self.reload_recent:
+                return 0
+        connections = self.probes.app_connections()
+        return max(0, (connections or 0) - idle)
 
     async def watch_up(self, begun: float) -> None:
         """While READY, say when HAProxy's own check has the server UP, or that it does not."""

@@ -125,8 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="two pools, blue1-2 and green1-2, behind a map switch (blue active)")
     up.add_argument("--no-agent", action="store_true",
                     help="run the app without drain-agent (only to reproduce the usual ways)")
-    up.add_argument("--retry-on", default="conn-failure empty-response 503",
-                    help="HAProxy retry-on (default 'conn-failure empty-response 503')")
+    up.add_argument("--retry-on", default="conn-failure 425",
+                    help="HAProxy retry-on (default 'conn-failure 425')")
     up.add_argument("--retries", type=int, default=3, help="HAProxy retries (default 3)")
 
     sub.add_parser("down", help="stop everything (instances drain first)")

@@ -77,10 +77,16 @@ def create_app(config: ServiceConfig, state: DrainState | None = None, *, drain:
             return error(400, f"body is not valid JSON: {exc}")
         except RecursionError:
             return error(400, "body is not valid JSON: nested too deeply")
+        raw = request.query_params.get("delay_ms", "0")
+        delay_ms = whole_number(raw, MAX_DELAY_MS)
+        if delay_ms is None:
+            return error(400, f"delay_ms must be an integer from 0 to {MAX_DELAY_MS}, got {raw[:20]!r}")
         given = request.headers.get("x-request-id", "")
         request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         if ledger is not None:
             ledger.write(request_id + "\n")
+        if delay_ms:  # the work is done (recorded); the answer comes later
+            await asyncio.sleep(delay_ms / 1000)
         return JSONResponse(
             {
                 **identity,

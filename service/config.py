@@ -8,6 +8,10 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+# HAProxy takes an instance out after two failed readiness checks 200 ms apart (haproxy.cfg):
+# without the agent's notice, the service keeps refusing (and its listener open) this long.
+NO_NOTICE_LINGER_S = 1.0
+
 
 class ConfigError(ValueError):
     """A setting is missing or out of range; the message names the variable and the fix."""
@@ -21,7 +25,10 @@ class ServiceConfig:
     port: int = 8000
     warmup_s: float = 0.0  # readiness stays 503 this long after start
     shutdown_timeout_s: float = 20.0  # longest wait for in-flight requests after SIGTERM
-    drain_linger_s: float = 0.0  # keep answering 503 at least this long after SIGTERM
+    # Keep refusing new requests at least this long after SIGTERM, so that HAProxy has taken the
+    # instance out before its listener closes. None: 0 after the drain notice (SIGUSR1: the
+    # agent saw HAProxy send no new work here), else NO_NOTICE_LINGER_S.
+    drain_linger_s: float | None = None
     keep_alive_s: float = 75.0  # above HAProxy's idle-pool purge, so HAProxy closes first
     max_body_bytes: int = 1_048_576
     # Append each processed POST's request id here, and each WebSocket message as ws:<client>:<seq>
@@ -41,7 +48,7 @@ class ServiceConfig:
         for name, value in (
             ("SERVICE_WARMUP_S", self.warmup_s),
             ("SERVICE_SHUTDOWN_TIMEOUT_S", self.shutdown_timeout_s),
-            ("SERVICE_DRAIN_LINGER_S", self.drain_linger_s),
+            ("SERVICE_DRAIN_LINGER_S", 0.0 if self.drain_linger_s is None else self.drain_linger_s),
             ("SERVICE_KEEP_ALIVE_S", self.keep_alive_s),
         ):
             if not math.isfinite(value) or value < 0:
@@ -83,7 +90,8 @@ class ServiceConfig:
             port=integer("SERVICE_PORT", 8000),
             warmup_s=number("SERVICE_WARMUP_S", 0.0),
             shutdown_timeout_s=number("SERVICE_SHUTDOWN_TIMEOUT_S", 20.0),
-            drain_linger_s=number("SERVICE_DRAIN_LINGER_S", 0.0),
+            drain_linger_s=(number("SERVICE_DRAIN_LINGER_S", 0.0)
+                            if env.get("SERVICE_DRAIN_LINGER_S") else None),
             keep_alive_s=number("SERVICE_KEEP_ALIVE_S", 75.0),
             max_body_bytes=integer("SERVICE_MAX_BODY_BYTES", 1_048_576),
             post_ledger=env.get("SERVICE_POST_LEDGER") or None,

@@ -1,8 +1,13 @@
-"""The 503 drain: once SIGTERM arrives, new requests get a clean, retryable 503.
+"""The drain: once SIGTERM arrives, new requests are turned away before any work is done.
 
-Pure ASGI middleware, so it runs before routing and before any handler: a request
-refused here never reached application code, which makes it safe for HAProxy to
-re-send it elsewhere (`retry-on 503`), POSTs included.
+Pure ASGI middleware, so it runs before routing and before any handler: a request refused
+here never reached application code. HAProxy's frontend asks (`X-Drain-Refusal-Status: 425`)
+for such a refusal to be marked 425, the one status its `retry-on` re-sends: a 503 from an
+app may come after work, a 425 from here never does (haproxy.cfg). Without the header (a
+client talking to the service directly), the refusal is a plain 503.
+
+HAProxy can re-send only a request it holds whole: one larger than its buffer is served
+during the drain instead of refused, so it never meets a refusal it cannot recover from.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.refusal import refusal_status, resendable
 from service.streams import Streams
 
 # Probes and scrapes stay answered while draining and never count as work in flight.
@@ -35,12 +41,14 @@ class DrainState:
         self.ready = False
         self.draining = False
         self.drain_started: float | None = None
+        self.notice_before_drain = False  # the agent's drain notice came before SIGTERM
         self.in_flight = 0
 
     def start_draining(self) -> None:
         if not self.draining:
             self.draining = True
             self.drain_started = time.monotonic()
+            self.notice_before_drain = bool(self.streams.release_requested)
             # Without an earlier notice (drain-agent --drain-notify), SIGTERM releases them.
             self.streams.request_release("sigterm")
 
@@ -61,8 +69,9 @@ class DrainMiddleware:
             await self.app(scope, receive, send)
             return
         state = self.state
-        if state.draining:
-            await send({"type": "http.response.start", "status": 503, "headers": _DRAINING_HEADERS})
+        if state.draining and resendable(scope):
+            status = refusal_status(scope["headers"])
+            await send({"type": "http.response.start", "status": status, "headers": _DRAINING_HEADERS})
             await send({"type": "http.response.body", "body": _DRAINING_BODY})
             return
 

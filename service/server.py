@@ -25,7 +25,7 @@ from types import FrameType
 
 import uvicorn
 
-from service.config import ServiceConfig
+from service.config import NO_NOTICE_LINGER_S, ServiceConfig
 from service.drain import DrainState
 from service.streams import MAX_WS_MESSAGE_BYTES, QuietWebSocketLines, protocol_for
 
@@ -101,7 +101,7 @@ class DrainingServer(uvicorn.Server):
                 "event=service.draining instance=%s in_flight=%d",
                 self.service.instance, state.in_flight,
             )
-        if elapsed < self.service.drain_linger_s:
+        if elapsed < self.linger_s():
             return False
         if state.in_flight == 0 and state.streams.sockets_settled():
             log.info(
@@ -116,6 +116,11 @@ class DrainingServer(uvicorn.Server):
             )
             return True
         return False
+
+    def linger_s(self) -> float:
+        if self.service.drain_linger_s is not None:
+            return self.service.drain_linger_s
+        return 0.0 if self.state.notice_before_drain else NO_NOTICE_LINGER_S
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self.state.streams.log_cut()  # uvicorn's shutdown cuts what is still open

@@ -33,13 +33,15 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from service.refusal import refusal_status
 
 try:  # uvicorn's WebSocket support needs the `websockets` package (a dependency)
     from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -240,12 +242,12 @@ def protocol_for(streams: Streams) -> type[ReleasingWebSocketProtocol] | None:
     return type("ReleasingWebSocketProtocol", (ReleasingWebSocketProtocol,), {"streams": streams})
 
 
-def unavailable() -> Response:
-    """A released instance takes no new long-lived connection: a retryable 503 (HAProxy's
-    `retry-on 503` sends the request to another server), as the drain answers plain requests."""
+def unavailable(headers: Iterable[tuple[bytes, bytes]]) -> Response:
+    """A released instance takes no new long-lived connection: refused before any work, as the
+    drain refuses plain requests (425 where HAProxy asked, which it re-sends elsewhere)."""
     return JSONResponse(
         {"error": "draining", "detail": "this instance is shutting down; reconnect"},
-        status_code=503, headers={"retry-after": "1", "connection": "close"},
+        status_code=refusal_status(headers), headers={"retry-after": "1", "connection": "close"},
     )
 
 
@@ -257,7 +259,7 @@ def stream_routes(
 
     async def websocket_echo(ws: WebSocket) -> None:
         if streams.released.is_set() or draining():
-            await deny(ws, unavailable())
+            await deny(ws, unavailable(ws.scope["headers"]))
             return
         client = ws.query_params.get("client", "")
         if client and not CLIENT_ID.fullmatch(client):
@@ -314,7 +316,7 @@ def stream_routes(
 
     async def events(request: Request) -> Response:
         if streams.released.is_set():
-            return unavailable()
+            return unavailable(request.scope["headers"])
         raw = request.query_params.get("interval_ms", str(EVENT_INTERVAL_MS))
         interval_ms = whole_number(raw, MAX_INTERVAL_MS)
         if interval_ms is None or interval_ms < MIN_INTERVAL_MS:

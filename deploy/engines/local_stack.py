@@ -38,7 +38,7 @@ class LocalStack:
     instances: int = 3
     version: str = "v1"
     agent: bool = True  # False: the app alone, no drain agent (benchmarks' "usual ways")
-    retry_on: str = "conn-failure empty-response 503"
+    retry_on: str = "conn-failure 425"
     retries: int = 3
     haproxy_cfg: str = str(DEFAULT_HAPROXY_CFG)
     blue_green: bool = False  # two pools (blue1, blue2, green1, green2) behind a map switch

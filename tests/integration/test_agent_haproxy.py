@@ -151,6 +151,64 @@ def test_haproxy_reload_relearns_the_drain_from_the_agent(procs: Processes, hapr
     assert reloaded < events["drain.done"] < events["service.draining"] + 0.001
 
 
+def reload_during_a_long_post(procs: Processes, haproxy: HAProxy, ledger: Path, *agent_flags: str
+                              ) -> tuple[httpx.Response | Exception, float, dict[str, float]]:
+    """A 30 s POST in flight on app1 (its work done at once: the ledger line), the agent's
+    drain begun, then a HAProxy reload: the old worker carries the POST, the new one's stats
+    say 0. The app stops within 3 s of its SIGTERM. Returns the answer, when it came, and
+    the agent's events."""
+    agent = start_agent(procs, haproxy, haproxy.app_ports[0], "--drain-timeout", "60", *agent_flags,
+                        env={"SERVICE_SHUTDOWN_TIMEOUT_S": "3", "SERVICE_POST_LEDGER": str(ledger)})
+    wait_for(lambda: haproxy.server("app1").status == "UP", what="app1 UP")
+    old_pid = haproxy.command("show info").split("\nPid: ")[1].split()[0]
+
+    def post() -> httpx.Response | Exception:
+        try:
+            return httpx.post(f"{haproxy.url}/cms?delay_ms=30000", content=b"{}",
+                              headers={"x-request-id": "long-post"}, timeout=60)
+        except httpx.HTTPError as exc:
+            return exc
+
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(post)
+        wait_for(lambda: haproxy.server("app1").scur == 1, what="the POST on app1")
+        agent.send_signal(signal.SIGTERM)
+        wait_for(lambda: haproxy.server("app1").status == "DRAIN (agent)", what="drain")
+        haproxy.proc.send_signal(signal.SIGUSR2)
+        wait_for(lambda: haproxy.command("show info").split("\nPid: ")[1].split()[0] != old_pid,
+                 what="the new worker")
+        wait_for(lambda: haproxy.server("app1").status == "DRAIN (agent)", timeout=1, what="drain relearnt")
+        result = answer.result(timeout=60)
+        answered = time.time()
+    assert agent.wait(timeout=30) == 0
+    return result, answered, event_times(procs.log("agent"))
+
+
+def test_a_reload_mid_drain_the_drain_waits_for_what_the_old_worker_carries(
+        procs: Processes, haproxy: HAProxy, tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger.log"
+    answer, answered, events = reload_during_a_long_post(procs, haproxy, ledger)
+    assert isinstance(answer, httpx.Response) and answer.status_code == 200, answer
+    assert ledger.read_text() == "long-post\n"  # it ran once
+    assert "event=drain.old_workers" in procs.log("agent")
+    assert events["drain.done"] - events["signal.received"] > 25
+    assert events["drain.done"] > answered - 0.5  # the drain ended with the POST, not at the reload
+    assert events["app.signalled"] >= events["drain.done"]
+
+
+def test_a_reload_mid_drain_without_the_reload_window_cuts_the_post_and_never_replays_it(
+        procs: Processes, haproxy: HAProxy, tmp_path: Path) -> None:
+    """The control: the same harness, the agent told to trust the stats alone. The drain ends
+    at the reload, the app's 3 s stop cuts the POST, and HAProxy does not send it again (the
+    app had done its work): the client gets an error, the ledger still says once."""
+    ledger = tmp_path / "ledger.log"
+    answer, _, events = reload_during_a_long_post(procs, haproxy, ledger, "--reload-window", "0")
+    assert not (isinstance(answer, httpx.Response) and answer.status_code == 200), answer
+    assert ledger.read_text() == "long-post\n"
+    assert "event=drain.old_workers" not in procs.log("agent")
+    assert events["drain.done"] - events["signal.received"] < 5  # ended at the reload
+
+
 def test_haproxy_restarted_mid_drain_the_drain_still_ends_only_at_zero(procs: Processes, haproxy: HAProxy) -> None:
     agent = start_agent(procs, haproxy, haproxy.app_ports[0], "--drain-timeout", "30")
     wait_for(lambda: haproxy.server("app1").status == "UP", what="app1 UP")

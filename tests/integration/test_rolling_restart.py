@@ -196,3 +196,20 @@ def test_large_posts_ride_through_even_with_the_agents_stats_access_cut(stack_fa
     assert check_ledgers(result, engine.ledgers()).ok
     log = engine.log_tail(engine.instances()[0], 400)
     assert "event=drain.timeout" in log and "unreachable" in log  # the cut agents could not read stats
+
+
+def test_without_the_agent_posts_of_every_size_ride_through_a_rolling_restart(stack_factory) -> None:  # type: ignore[no-untyped-def]
+    """No agent: the service's own drain is the safety net, for 30% POSTs of 20 KB to 1 MiB.
+    It refuses (425, which HAProxy re-sends) only what HAProxy holds whole, serves the larger
+    ones while it drains, and keeps its listener open until HAProxy's checks took it out.
+    (The control without the agent and without retries is the negative control above.)"""
+    engine = stack_factory(agent=False)
+    big = {"requests": 4000, "concurrency": 50, "post_share": 0.3,
+           "post_bytes": (20 * 1024, 1024 * 1024 - 100)}  # + JSON: 1 MiB, the service's limit
+    result, restart = load_during(engine.frontend_url(), lambda: rolling_restart(engine, "v2", {}, 60, print), **big)
+    assert restart.error is None  # type: ignore[attr-defined]
+    print(f"\nno agent, POSTs of 20 KB-1 MiB: {result.total} requests, {result.failed} failed "
+          f"{dict(result.failures)}; {len(result.posts_answered)} POSTs")
+    assert result.failed == 0, result.failures
+    assert check_ledgers(result, engine.ledgers()).ok and len(result.posts_answered) > 800
+    assert {engine.version_of(i) for i in engine.instances()} == {"v2"}

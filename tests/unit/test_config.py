@@ -67,6 +67,7 @@ SAMPLES = {  # flag -> (a valid value, what the config holds)
     "--poll-interval": ("0.2", 0.2),
     "--stats-timeout": ("2", 2.0),
     "--metrics-port": ("9100", 9100),
+    "--reload-window": ("0", 0.0),
 }
 
 

@@ -13,7 +13,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.errors import ConfigError, HAProxyCommandError, HAProxyError, HAProxyParseError
-from agent.haproxy import Address, ServerStat, find_server, parse_address, parse_info, parse_stat_csv
+from agent.haproxy import (
+    Address,
+    ServerStat,
+    find_server,
+    parse_address,
+    parse_info,
+    parse_stat_csv,
+    parse_uptime,
+    stat_from_row,
+)
 
 # HAProxy 2.8.25, `show stat -1 4 -1`: every line ends with a ',' (one more, empty, field).
 HEADER_2_8 = (
@@ -216,3 +225,17 @@ def test_info() -> None:
     assert parse_info("Name: HAProxy\nPid: 7\nUptime_sec: 12\n")["Pid"] == "7"
     with pytest.raises(HAProxyParseError):
         parse_info("Unknown command\n")
+
+
+def test_idle_connections_are_the_pools_unsafe_and_safe_ones() -> None:
+    row = {"pxname": "app", "svname": "app1", "status": "DRAIN (agent)", "scur": "0", "qcur": "0",
+           "idle_conn_cur": "3", "safe_conn_cur": "2"}
+    assert stat_from_row(row).idle == 5
+    assert stat_from_row({**row, "idle_conn_cur": "", "safe_conn_cur": ""}).idle == 0
+
+
+def test_the_serving_workers_uptime_from_the_stats_page() -> None:
+    html = "<b>pid = </b> 7 (process #1, nbproc = 1, nbthread = 2)<br>\n<b>uptime = </b> 1d 2h03m04s; warnings = 0"
+    assert parse_uptime(html) == ((24 + 2) * 60 + 3) * 60 + 4
+    with pytest.raises(HAProxyParseError, match="no 'uptime = "):
+        parse_uptime("<html>a page that is not HAProxy's</html>")

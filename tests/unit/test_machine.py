@@ -131,6 +131,8 @@ class FakeStats:
         }
         self.reads: list[tuple[AgentState, float]] = []
         self.agent: Agent | None = None
+        self.uptime: float | HAProxyError = 3600.0  # the serving worker's; < --reload-window: reloaded
+        self.uptime_reads = 0
 
     def read_count(self, state: AgentState) -> int:
         return sum(1 for s, _ in self.reads if s is state)
@@ -152,8 +154,18 @@ class FakeStats:
         return list(got)
 
 
+    async def uptime_s(self) -> float:
+        self.uptime_reads += 1
+        await asyncio.sleep(0)
+        if isinstance(self.uptime, HAProxyError):
+            raise self.uptime
+        return self.uptime
+
+
 class FakeProbes:
     def __init__(self) -> None:
+        self.connections = 0  # established to the app's port...
+        self.connections_until = 0.0  # ...until this virtual time (then none)
         self.ready_at: float | None = READY_AT  # None: never ready
         self.port_free_at = 0.0
         self.ready_checks: list[float] = []
@@ -171,6 +183,9 @@ class FakeProbes:
 
     def is_mine(self, stat: ServerStat) -> bool:
         return stat.addr == MY_ADDR
+
+    def app_connections(self) -> int | None:
+        return self.connections if now() < self.connections_until else 0
 
 
 class FakeApp:
@@ -1007,3 +1022,69 @@ def test_the_timeline_refuses_an_uncatalogued_event() -> None:
     with pytest.raises(ValueError, match=r"add it to agent\.events\.EVENTS"):
         Timeline("app/app1").event("drain.finished", logging.INFO, {})
     assert {"drain.done", "drain.cut", "drain.timeout", "haproxy.error", "app.kill"} <= set(EVENTS)
+
+
+# == DRAINING after a HAProxy reload =====================================================
+# The new worker's stats say 0 while the old worker still carries a session: the kernel's
+# connections to the app's port, less the pools' idle ones, are what is left.
+
+
+def reloaded(h: Harness, uptime: float | HAProxyError, connections: int, until: float,
+             idle: int = 0) -> None:
+    h.stats[0].uptime = uptime
+    h.stats[0].answers[DRAINING] = [answer(dataclasses.replace(row("DRAIN (agent)"), idle=idle))]
+    h.probes.connections, h.probes.connections_until = connections, until
+
+
+def test_draining_after_a_reload_waits_for_the_old_workers_connections(h: Harness) -> None:
+    reloaded(h, uptime=5.0, connections=1, until=12.0)
+
+    assert h.run(lambda agent: stop_when(h, READY)) == 0
+    assert h.fields("drain.old_workers")[0]["connections"] == "1"
+    assert h.journal_from("drain.old_workers") == ["drain.old_workers", "drain.done", *NORMAL_STOP]
+    assert h.when("app<-SIGTERM") >= 12.0
+    assert h.stats[0].uptime_reads == 1  # once seen, the reload is remembered for the drain
+
+
+def test_draining_long_after_a_reload_does_not_count_connections(h: Harness) -> None:
+    reloaded(h, uptime=CONFIG.reload_window_s, connections=3, until=100.0)  # a scraper's keep-alive
+
+    assert h.run(lambda agent: stop_when(h, READY)) == 0
+    assert "drain.old_workers" not in h.events()
+    assert h.when("app<-SIGTERM") < 1.0
+
+
+def test_draining_after_a_reload_counts_out_the_pools_idle_connections(h: Harness) -> None:
+    reloaded(h, uptime=5.0, connections=2, until=100.0, idle=2)
+
+    assert h.run(lambda agent: stop_when(h, READY)) == 0
+    assert "drain.old_workers" not in h.events()
+    assert h.when("app<-SIGTERM") < 1.0
+
+
+def test_draining_with_an_unreadable_uptime_takes_it_as_a_reload(h: Harness) -> None:
+    reloaded(h, uptime=HAProxyParseError("stats page: no 'uptime = ...'"), connections=1, until=4.0)
+
+    assert h.run(lambda agent: stop_when(h, READY)) == 0
+    assert h.levels("haproxy.uptime_unknown") == ["WARNING"]
+    assert h.journal_from("drain.old_workers") == ["drain.old_workers", "drain.done", *NORMAL_STOP]
+    assert h.when("app<-SIGTERM") >= 4.0
+
+
+def test_draining_with_the_reload_window_off_never_waits_on_connections(h: Harness) -> None:
+    h.configure(reload_window_s=0.0)
+    reloaded(h, uptime=1.0, connections=1, until=100.0)
+
+    assert h.run(lambda agent: stop_when(h, READY)) == 0
+    assert h.stats[0].uptime_reads == 0
+    assert h.when("app<-SIGTERM") < 1.0
+
+
+def test_draining_old_workers_that_outlast_the_drain_timeout_are_named(h: Harness) -> None:
+    h.configure(drain_timeout_s=5.0)
+    reloaded(h, uptime=1.0, connections=2, until=100.0)
+
+    assert h.run(lambda agent: stop_when(h, READY)) == 0
+    assert h.fields("drain.timeout")[0]["left"] == "old-workers=2"
+    assert h.fields("drain.timeout")[0]["sessions"] == "2"
+    assert h.journal_from("drain.timeout") == ["drain.timeout", *NORMAL_STOP]

@@ -11,8 +11,9 @@ import httpx
 import pytest
 
 from service.app import create_app
-from service.config import ServiceConfig
+from service.config import NO_NOTICE_LINGER_S, ServiceConfig
 from service.drain import DrainState
+from service.server import build_server
 
 
 def run(coro):  # type: ignore[no-untyped-def]
@@ -95,6 +96,52 @@ def test_draining_refuses_new_work_before_any_handler(tmp_path: Path) -> None:
     assert not (tmp_path / "ledger.log").read_text()  # the handler never ran: safe to retry
 
 
+def test_draining_marks_its_refusal_425_only_where_the_proxy_asks() -> None:
+    app, state = ready_app()
+    state.start_draining()
+    asked = {"x-drain-refusal-status": "425"}
+    assert run(call(app, "GET", "/cms", headers=asked)).status_code == 425
+    assert run(call(app, "GET", "/cms", headers={"x-drain-refusal-status": "500"})).status_code == 503
+    assert run(call(app, "GET", "/events", headers=asked)).status_code == 425
+
+
+@pytest.mark.parametrize("size", [20_000, 1_000_000])
+def test_draining_serves_a_body_haproxy_could_not_resend(tmp_path: Path, size: int) -> None:
+    """HAProxy holds at most 16 KiB of a request: a larger POST refused while draining could
+    not be sent elsewhere, so it is served (the drain waits for it as for any in flight)."""
+    app, state = ready_app(tmp_path)
+    state.start_draining()
+    big = json.dumps({"pad": "x" * size}).encode()
+    headers = {"x-drain-refusal-status": "425"}
+    served = run(call(app, "POST", "/cms", content=big, headers={**headers, "x-request-id": "big"}))
+    assert (served.status_code, served.headers["connection"]) == (200, "close")
+    small = run(call(app, "POST", "/cms", content=b"{}", headers={**headers, "x-request-id": "small"}))
+    assert small.status_code == 425
+    async def parts():  # type: ignore[no-untyped-def]
+        yield b"{"
+        yield b"}"
+
+    chunked = run(call(app, "POST", "/cms", content=parts(), headers={**headers, "x-request-id": "chunked"}))
+    assert chunked.status_code == 200  # no declared length: HAProxy may not hold it whole
+    assert (tmp_path / "ledger.log").read_text() == "big\nchunked\n"
+
+
+def test_post_delay_comes_after_the_work() -> None:
+    """`POST /cms?delay_ms=` records the request, then waits: a crash in between cuts a
+    request that was processed (what HAProxy must never re-send)."""
+    app, state = ready_app()
+
+    async def scenario() -> None:
+        slow = asyncio.create_task(call(app, "POST", "/cms?delay_ms=300", content=b"{}",
+                                        headers={"x-request-id": "p1"}))
+        await asyncio.sleep(0.1)
+        assert state.in_flight == 1
+        assert (await slow).json()["request_id"] == "p1"
+
+    run(scenario())
+    assert run(call(app, "POST", "/cms?delay_ms=%C2%B2", content=b"{}")).status_code == 400
+
+
 def test_in_flight_request_finishes_and_closes_its_connection() -> None:
     app, state = ready_app()
 
@@ -129,3 +176,17 @@ def test_deeply_nested_json_is_a_400_not_a_500() -> None:
     app, _ = ready_app()
     answer = run(call(app, "POST", "/cms", content=b"[" * 50_000 + b"]" * 50_000))
     assert answer.status_code == 400 and "nested too deeply" in answer.json()["error"]
+
+
+@pytest.mark.parametrize(("linger", "notice", "expected"), [
+    (None, False, NO_NOTICE_LINGER_S),  # no agent (or no notice): HAProxy's checks must see it first
+    (None, True, 0.0),  # the agent's notice came: HAProxy sends nothing here any more
+    (2.5, True, 2.5),  # an explicit SERVICE_DRAIN_LINGER_S wins
+])
+def test_the_503_phase_lingers_until_haproxy_has_taken_the_instance_out(
+        linger: float | None, notice: bool, expected: float) -> None:
+    server = build_server(ServiceConfig(instance="app1", drain_linger_s=linger))
+    if notice:
+        server.state.streams.request_release("SIGUSR1")
+    server.state.start_draining()
+    assert server.linger_s() == expected
