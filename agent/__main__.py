@@ -13,9 +13,11 @@ for _sig in (signal.SIGTERM, signal.SIGINT):
 
 import asyncio  # noqa: E402
 import functools  # noqa: E402
+import ipaddress  # noqa: E402
 import socket  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
+from urllib.parse import urlsplit  # noqa: E402
 
 from agent import probe  # noqa: E402
 from agent.config import AgentConfig, load_config  # noqa: E402
@@ -67,8 +69,19 @@ class HostProbes:
     async def port_taken(self) -> bool:
         return await probe.listening(self.config.ready_url, timeout_s=1.0)
 
-    def app_connections(self) -> int | None:
-        return established_to(self.config.app_port)
+    async def app_connections(self) -> frozenset[str] | None:
+        """Connections to the app's port from the HAProxies' addresses (all peers, if a
+        HAProxy's name does not resolve)."""
+        loop = asyncio.get_running_loop()
+        peers: set[str] = set()
+        for url in self.config.haproxy_stats:
+            host = urlsplit(url).hostname or ""
+            try:
+                found = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+            except OSError:
+                return established_to(self.config.app_port)
+            peers.update(str(ipaddress.ip_address(info[4][0])) for info in found)
+        return established_to(self.config.app_port, frozenset(peers))
 
     def is_mine(self, stat: ServerStat) -> bool:
         if self.config.backend and stat.backend != self.config.backend:

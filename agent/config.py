@@ -176,8 +176,8 @@ HELP = {
                       "drain then waits for 0 sessions as before (default: off)",
     "--reload-window": "for this many seconds after a HAProxy reload (its hard-stop-after) an "
                        "old worker may still carry sessions no stats page shows: a drain then "
-                       "also waits until the app's port holds no connection but HAProxy's idle "
-                       "ones (0: off)",
+                       "also waits until the app's port holds no connection from HAProxy that its "
+                       "stats do not account for (0: off)",
 }
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(AgentConfig)}
 

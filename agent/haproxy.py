@@ -23,6 +23,7 @@ API_TIMEOUT_S = 1.0
 MAX_REPLY_BYTES = 4 * 1024 * 1024
 NAME = re.compile(r"[A-Za-z0-9._:-]+")
 COUNTERS = ("req_tot", "hrsp_5xx", "econ", "eresp", "rtime", "chkdown", "weight")
+CONNECTIONS = ("used_conn_cur", "idle_conn_cur", "safe_conn_cur")  # a worker's, to one server
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,9 @@ class ServerStat:
     rtime: int = 0  # average response time (ms) over its last 1024 requests
     chkdown: int = 0  # UP -> DOWN transitions
     weight: int = 0
-    idle: int = 0  # idle connections to it in HAProxy's pool (idle_conn_cur + safe_conn_cur)
+    # Connections this worker holds to it, in use or idle in its pools (used_conn_cur +
+    # idle_conn_cur + safe_conn_cur): what the kernel shows on the app's port, less an old worker's.
+    conns: int = 0
 
     @property
     def busy(self) -> int:
@@ -143,7 +146,7 @@ def stat_from_row(row: dict[str, str]) -> ServerStat:
             addr=row.get("addr", ""),
             check=row.get("check_desc", ""),
             **{name: int(row.get(name) or 0) for name in COUNTERS},
-            idle=int(row.get("idle_conn_cur") or 0) + int(row.get("safe_conn_cur") or 0),
+            conns=sum(int(row.get(name) or 0) for name in CONNECTIONS),
         )
     except (KeyError, ValueError) as exc:
         raise HAProxyParseError(f"stats: bad row for {row.get('svname')!r}: {exc}") from exc

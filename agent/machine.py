@@ -6,8 +6,9 @@
     SIGTERM:  answer drain; wait until every HAProxy's stats show this server out of
               rotation with scur + qcur == 0 (a failed read is retried, never taken as
               drained; bounded by --drain-timeout) and, within --reload-window of a
-              HAProxy reload, until the app's port holds no connection but the pools' idle
-              ones (an old worker's sessions); only then signal the app; wait for it
+              HAProxy reload, until the app's port holds no connection from HAProxy but
+              the ones its stats account for (an old worker's sessions); only then signal
+              the app; wait for it
               (bounded by --stop-timeout, then SIGKILL); exit with its code.
               With --drain-notify SIG: as soon as every HAProxy shows the server out of
               rotation (no new work can arrive), the app gets SIG, once, so it closes its
@@ -65,7 +66,7 @@ class Probes(Protocol):
     async def app_ready(self) -> bool: ...
     async def port_taken(self) -> bool: ...
     def is_mine(self, stat: ServerStat) -> bool: ...
-    def app_connections(self) -> int | None: ...
+    async def app_connections(self) -> frozenset[str] | None: ...
 
 
 class Agent:
@@ -95,6 +96,7 @@ class Agent:
         self.app_ready = False
         self.last_error: dict[str, str] = {}
         self.reload_recent = False  # a HAProxy worker younger than --reload-window was seen
+        self.open_at_zero: frozenset[str] | None = None  # the app's connections when sessions hit 0
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -272,7 +274,7 @@ class Agent:
                            **({"sessions": cut} if cut else {}),
                            hint="relying on the app's own drain")
                 return
-            idle = 0
+            own = 0
             busy.pop("old-workers", None)
             for haproxy in self.haproxies:
                 rows = await self.my_rows(haproxy)
@@ -285,7 +287,7 @@ class Agent:
                     busy[haproxy.url] = "accepting"
                 else:
                     busy[haproxy.url] = sum(row.busy for row in rows)
-                    idle += sum(row.idle for row in rows)
+                    own += sum(row.conns for row in rows)
             if notify is not None and self.app_ready and all(isinstance(n, int) for n in busy.values()):
                 # Out of rotation everywhere: what is still open can only end, so the app may
                 # close its long-lived connections now; the drain then waits for 0 as before.
@@ -295,22 +297,23 @@ class Agent:
                                after_ms=int((self.clock.now() - began) * 1000))
                 notify = None
             if all(n == 0 for n in busy.values()):
-                held = await self.held_by_old_workers(idle)
+                held = await self.held_by_old_workers(own)
                 if not held:
                     self.event("drain.done")
                     return
                 busy["old-workers"] = held
                 if not reload_said:
                     reload_said = True
-                    self.event("drain.old_workers", connections=held, idle=idle,
+                    self.event("drain.old_workers", connections=held, workers_own=own,
                                hint="HAProxy reloaded recently: its old worker still has "
                                     "sessions here; waiting for them")
             await self.clock.sleep(self.config.poll_interval_s)
 
-    async def held_by_old_workers(self, idle: int) -> int:
-        """Connections to the app that no HAProxy's stats account for: an old worker's, after a
-        reload within --reload-window (a worker's uptime that cannot be read counts as
-        recent). The pools' idle connections are counted out; sessions are 0 by now."""
+    async def held_by_old_workers(self, own: int) -> int:
+        """Connections from HAProxy to the app that no stats page accounts for: an old worker's,
+        after a reload within --reload-window (a worker's uptime that cannot be read counts as
+        recent). The current workers' own connections (idle in their pools, or in use between
+        two sessions) are counted out; sessions are 0 by now."""
         if self.config.reload_window_s <= 0:
             return 0
         if not self.reload_recent:
@@ -327,8 +330,14 @@ class Agent:
                     self.reload_recent = True
             if not self.reload_recent:
                 return 0
-        connections = self.probes.app_connections()
-        return max(0, (connections or 0) - idle)
+        connections = await self.probes.app_connections()
+        if connections is None:
+            return 0
+        # Only those already open when the sessions reached 0: a health check opened since is
+        # not a session (HAProxy sends a drained server none), and lasts at most `timeout check`.
+        if self.open_at_zero is None:
+            self.open_at_zero = connections
+        return max(0, len(self.open_at_zero & connections) - own)
 
     async def watch_up(self, begun: float) -> None:
         """While READY, say when HAProxy's own check has the server UP, or that it does not."""

@@ -15,6 +15,8 @@ import pytest
 
 from tests.conftest import HAProxy, Processes, free_port, haproxy_binary, wait_for
 
+FLOOD = Path(__file__).parent / "apps" / "flood.py"
+
 
 @pytest.fixture
 def guarded(procs: Processes, tmp_path: Path) -> HAProxy:
@@ -136,46 +138,43 @@ def test_public_clients_see_the_service_not_its_metrics_or_pid(guarded: HAProxy)
     assert "service_requests_total" in httpx.get(f"{direct}/metrics").text
 
 
-def test_thousands_of_idle_connections_to_the_stats_port_starve_neither_the_frontend_nor_a_drain(
-        stack_factory) -> None:  # type: ignore[no-untyped-def]
-    """An app container that holds sockets on every port it can reach (here from 127.0.0.2, as a
-    container has its own address): the stats page is read by every agent, so its connections
-    are bounded apart from the public frontend's, per source, and idle ones are cut."""
-    import threading
-
+@pytest.mark.parametrize("per_source", [None, "100000"], ids=["ours", "control"])
+def test_thousands_of_idle_connections_to_every_port_an_app_reaches_starve_neither_the_frontend_nor_a_drain(
+        stack_factory, procs: Processes, monkeypatch: pytest.MonkeyPatch, per_source: str | None) -> None:  # type: ignore[no-untyped-def]
+    """What a compromised app container can do: hold 5,000 idle sockets on every port it reaches
+    (here from 127.0.0.2, as a container has its own address): the public frontend, the stats
+    page every agent reads, each agent's port, each app's port. The public frontend still
+    answers everything, and a rolling restart still drains in its usual time (the drain counts
+    only HAProxy's connections to an app, never a flood's). The control lifts the frontend's
+    limit per source: the flood takes the global maxconn, which every listener shares."""
+    from agent.connections import established_to
     from deploy.strategies.rolling import rolling_restart
     from tests.conftest import load_during
 
+    if per_source:
+        monkeypatch.setenv("HAPROXY_MAX_CONN_PER_SOURCE", per_source)  # supervisord passes it on
     engine = stack_factory()
     baseline = rolling_restart(engine, None, {}, 60, lambda event: None)
     assert baseline.error is None
-    stop, held = threading.Event(), []
-
-    def flood() -> None:
-        while not stop.is_set():
-            for _ in range(200):
-                conn = socket.socket()
-                conn.setblocking(False)
-                conn.bind(("127.0.0.2", 0))
-                with contextlib.suppress(BlockingIOError, OSError):
-                    conn.connect(("127.0.0.1", engine.stack.stats_port))
-                held.append(conn)
-            while len(held) > 5000:
-                held.pop(0).close()
-            time.sleep(0.1)
-
-    flooder = threading.Thread(target=flood)
-    flooder.start()
-    try:
-        time.sleep(2)
-        result, restart = load_during(engine.frontend_url(), lambda: rolling_restart(
-            engine, None, {}, 60, lambda event: None), requests=6_000, start_after_s=0.5)
-    finally:
-        stop.set()
-        flooder.join()
-        for conn in held:
-            conn.close()
+    instances = engine.instances()
+    ports = [engine.stack.port, engine.stack.stats_port,
+             *(engine.agent_port(i) for i in instances), *(engine.app_port(i) for i in instances)]
+    for port in ports:
+        procs.start([sys.executable, str(FLOOD), "127.0.0.2", "5000", str(port)], {}, f"flood-{port}")
+    flooder = frozenset({"127.0.0.2"})
+    app_ports = [engine.app_port(i) for i in instances]  # the agents answer and close: no socket stays
+    wait_for(lambda: all(len(established_to(port, flooder) or ()) >= 4500 for port in app_ports), timeout=60,
+             what="5,000 idle sockets on every app's port")
+    held = {port: len(established_to(port, flooder) or ()) for port in ports}
+    print(f"\nidle sockets held: {held}")
+    result, restart = load_during(engine.frontend_url(), lambda: rolling_restart(
+        engine, None, {}, 60, lambda event: None), requests=6_000, start_after_s=0.5)
+    if per_source:
+        print(f"\ncontrol: {result.failed} failed; the restart: {restart.error or 'done'}")  # type: ignore[attr-defined]
+        assert result.failed > 0 or restart.error is not None  # type: ignore[attr-defined]
+        return
     assert restart.error is None, restart.error  # type: ignore[attr-defined]
     assert result.failed == 0, result.failures
     flooded_s, usual_s = sum(restart.seconds.values()), sum(baseline.seconds.values())  # type: ignore[attr-defined]
+    print(f"\nflooded: {result.total} requests, 0 failed; the restart took {flooded_s:.1f}s (usual: {usual_s:.1f}s)")
     assert flooded_s < 2 * usual_s + 3, (flooded_s, usual_s)

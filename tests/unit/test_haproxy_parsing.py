@@ -227,11 +227,11 @@ def test_info() -> None:
         parse_info("Unknown command\n")
 
 
-def test_idle_connections_are_the_pools_unsafe_and_safe_ones() -> None:
+def test_a_workers_connections_are_those_in_use_and_idle_in_its_pools() -> None:
     row = {"pxname": "app", "svname": "app1", "status": "DRAIN (agent)", "scur": "0", "qcur": "0",
-           "idle_conn_cur": "3", "safe_conn_cur": "2"}
-    assert stat_from_row(row).idle == 5
-    assert stat_from_row({**row, "idle_conn_cur": "", "safe_conn_cur": ""}).idle == 0
+           "used_conn_cur": "1", "idle_conn_cur": "3", "safe_conn_cur": "2"}
+    assert stat_from_row(row).conns == 6
+    assert stat_from_row({**row, "used_conn_cur": "", "idle_conn_cur": "", "safe_conn_cur": ""}).conns == 0
 
 
 def test_the_serving_workers_uptime_from_the_stats_page() -> None:

@@ -166,6 +166,7 @@ class FakeProbes:
     def __init__(self) -> None:
         self.connections = 0  # established to the app's port...
         self.connections_until = 0.0  # ...until this virtual time (then none)
+        self.reads = 0
         self.ready_at: float | None = READY_AT  # None: never ready
         self.port_free_at = 0.0
         self.ready_checks: list[float] = []
@@ -184,8 +185,12 @@ class FakeProbes:
     def is_mine(self, stat: ServerStat) -> bool:
         return stat.addr == MY_ADDR
 
-    def app_connections(self) -> int | None:
-        return self.connections if now() < self.connections_until else 0
+    async def app_connections(self) -> frozenset[str] | None:
+        """`connections` long ones (an old worker's, pooled) and, at every read, a health check
+        that was not there before (each read sees a new one)."""
+        self.reads += 1
+        held = {f"10.0.0.9:{40000 + n}" for n in range(self.connections)} if now() < self.connections_until else set()
+        return frozenset(held | {f"10.0.0.9:{50000 + self.reads}"})
 
 
 class FakeApp:
@@ -1030,9 +1035,9 @@ def test_the_timeline_refuses_an_uncatalogued_event() -> None:
 
 
 def reloaded(h: Harness, uptime: float | HAProxyError, connections: int, until: float,
-             idle: int = 0) -> None:
+             own: int = 0) -> None:
     h.stats[0].uptime = uptime
-    h.stats[0].answers[DRAINING] = [answer(dataclasses.replace(row("DRAIN (agent)"), idle=idle))]
+    h.stats[0].answers[DRAINING] = [answer(dataclasses.replace(row("DRAIN (agent)"), conns=own))]
     h.probes.connections, h.probes.connections_until = connections, until
 
 
@@ -1040,7 +1045,7 @@ def test_draining_after_a_reload_waits_for_the_old_workers_connections(h: Harnes
     reloaded(h, uptime=5.0, connections=1, until=12.0)
 
     assert h.run(lambda agent: stop_when(h, READY)) == 0
-    assert h.fields("drain.old_workers")[0]["connections"] == "1"
+    assert h.fields("drain.old_workers")[0]["connections"] == "2"  # and a health check, gone at once
     assert h.journal_from("drain.old_workers") == ["drain.old_workers", "drain.done", *NORMAL_STOP]
     assert h.when("app<-SIGTERM") >= 12.0
     assert h.stats[0].uptime_reads == 1  # once seen, the reload is remembered for the drain
@@ -1054,12 +1059,20 @@ def test_draining_long_after_a_reload_does_not_count_connections(h: Harness) -> 
     assert h.when("app<-SIGTERM") < 1.0
 
 
-def test_draining_after_a_reload_counts_out_the_pools_idle_connections(h: Harness) -> None:
-    reloaded(h, uptime=5.0, connections=2, until=100.0, idle=2)
+def test_draining_after_a_reload_counts_out_the_workers_own_connections(h: Harness) -> None:
+    reloaded(h, uptime=5.0, connections=2, until=100.0, own=2)
 
     assert h.run(lambda agent: stop_when(h, READY)) == 0
-    assert "drain.old_workers" not in h.events()
+    assert h.when("app<-SIGTERM") < 1.0  # one more read, for the health check it saw
+
+
+def test_draining_after_a_reload_never_waits_on_connections_opened_since(h: Harness) -> None:
+    """A health check every read, each on a new connection: never a session of a drained server."""
+    reloaded(h, uptime=5.0, connections=0, until=0.0)
+
+    assert h.run(lambda agent: stop_when(h, READY)) == 0
     assert h.when("app<-SIGTERM") < 1.0
+    assert h.probes.reads == 2
 
 
 def test_draining_with_an_unreadable_uptime_takes_it_as_a_reload(h: Harness) -> None:
