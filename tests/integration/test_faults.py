@@ -34,7 +34,7 @@ def load_in_background(url: str, requests: int = 6000, concurrency: int = 50):  
 
 def test_stats_unreachable_at_sigterm_falls_back_on_the_503_drain(procs: Processes, haproxy: HAProxy) -> None:
     """The agent cannot read HAProxy's stats (its access cut): it never takes that for drained,
-    waits its drain timeout, then signals the app, whose 503 phase + retry-on 503 do the job."""
+    waits its drain timeout, then signals the app, whose own drain (refusals HAProxy re-sends) does the job."""
     start_plain_services(procs, haproxy)
     agent = start_agent(procs, haproxy, haproxy.app_ports[0], "--drain-timeout", "1",
                         "--haproxy-stats", f"http://127.0.0.1:{free_port()}/stats;csv")
@@ -53,7 +53,7 @@ def test_stats_unreachable_at_sigterm_falls_back_on_the_503_drain(procs: Process
     assert 1 <= stop_s < 5
     print(f"\nstats unreachable at SIGTERM: stop took {stop_s:.2f}s; {result.total} requests, "
           f"{result.failed} failed {dict(result.failures)}")
-    assert result.failed == 0, result.failures  # the 503 drain + HAProxy's retry-on 503 absorb it
+    assert result.failed == 0, result.failures  # the service refuses (425) and HAProxy re-sends
 
 
 def test_drain_that_never_reaches_zero_goes_on_after_the_timeout(procs: Processes, haproxy: HAProxy) -> None:
