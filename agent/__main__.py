@@ -11,9 +11,24 @@ EARLY_SIGNALS: list[int] = []
 for _sig in (signal.SIGTERM, signal.SIGINT):
     signal.signal(_sig, lambda sig, _frame: EARLY_SIGNALS.append(sig))
 
+# asyncio imports ssl at once, and with it OpenSSL (5 MiB of RSS in every container's PID 1),
+# though only an https readiness URL needs it in asyncio: given none, asyncio goes without.
+# (ssl may still load later for what imports it itself: prometheus_client, with --metrics-port.)
+import os  # noqa: E402
+
+_NO_TLS = not any("https://" in arg for arg in sys.argv) and not any(
+    "https://" in value for name, value in os.environ.items() if name.startswith("DRAIN_AGENT_"))
+if _NO_TLS:
+    sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
+
 import asyncio  # noqa: E402
+
+if _NO_TLS and sys.modules.get("ssl") is None:
+    del sys.modules["ssl"]
+
 import functools  # noqa: E402
 import ipaddress  # noqa: E402
+import logging  # noqa: E402
 import socket  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
@@ -103,6 +118,11 @@ async def serve(config: AgentConfig, metrics: Metrics) -> int:
         loop.add_signal_handler(signal.SIGCHLD, child.reap)
         return child
 
+    def warn(name: str, **fields: object) -> None:
+        agent.event(name, logging.WARNING, **fields)
+
+    responder = Responder(config.agent_bind, config.agent_port, lambda: agent.state.value,
+                          config.agent_hold_s, warn)
     agent = Agent(
         config,
         spawn=spawn,
@@ -111,6 +131,7 @@ async def serve(config: AgentConfig, metrics: Metrics) -> int:
         clock=RealClock(),
         timeline=timeline,
         metrics=metrics,
+        on_state=responder.state_changed,
     )
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, agent.on_stop_signal, sig)
@@ -118,7 +139,6 @@ async def serve(config: AgentConfig, metrics: Metrics) -> int:
         loop.add_signal_handler(sig, agent.on_forwarded_signal, sig)
     for early in EARLY_SIGNALS:
         agent.on_stop_signal(early)
-    responder = Responder(config.agent_bind, config.agent_port, lambda: agent.state.value)
     try:
         await responder.start()
     except OSError as exc:

@@ -46,6 +46,7 @@ class AgentConfig:
     metrics_port: int = 0  # 0: no metrics endpoint
     drain_notify: str = ""  # '': off; else the signal the app gets once out of rotation (SIGUSR1)
     reload_window_s: float = 70.0  # HAProxy's hard-stop-after: how long an old worker may live
+    agent_hold_s: float = 1.5  # a poll of a known state waits this long for a change (< timeout check)
 
     def __post_init__(self) -> None:
         if not self.command:
@@ -76,6 +77,8 @@ class AgentConfig:
         ):
             if not math.isfinite(value) or value < 0:
                 raise ConfigError(f"{flag} {value}: must be a finite number of seconds >= 0")
+        if not math.isfinite(self.agent_hold_s) or not 0 <= self.agent_hold_s <= 60:
+            raise ConfigError(f"--agent-hold {self.agent_hold_s}: must be between 0 and 60 seconds")
         for flag, value in (
             ("--poll-interval", self.poll_interval_s),
             ("--stats-timeout", self.stats_timeout_s),
@@ -155,6 +158,7 @@ FLAGS = {
     "--metrics-port": ("metrics_port", int),
     "--drain-notify": ("drain_notify", str),
     "--reload-window": ("reload_window_s", float),
+    "--agent-hold": ("agent_hold_s", float),
 }
 HELP = {
     "--haproxy-stats": "a HAProxy's read-only stats CSV, http://host:port/stats;csv; repeat it "
@@ -174,6 +178,10 @@ HELP = {
     "--drain-notify": "once every HAProxy sends this server no new work, send the app this "
                       "signal (e.g. SIGUSR1) so it closes its WebSockets and event streams; the "
                       "drain then waits for 0 sessions as before (default: off)",
+    "--agent-hold": "an agent-check from a HAProxy that knows the current state waits up to "
+                    "this many seconds for it to change, so HAProxy learns a drain or readiness "
+                    "at once and an idle instance is polled once per hold; keep it under "
+                    "HAProxy's `timeout check` (0: answer at once)",
     "--reload-window": "for this many seconds after a HAProxy reload (its hard-stop-after) an "
                        "old worker may still carry sessions no stats page shows: a drain then "
                        "also waits until the app's port holds no connection from HAProxy that its "

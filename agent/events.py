@@ -37,6 +37,8 @@ EVENTS = {
     "app.kill": "the app outlived --stop-timeout and got SIGKILL",
     "app.exited": "the app is gone (code, how)",
     "start.timeout": "the app was not ready within --start-timeout",
+    "agent.hold_off": "a HAProxy closed its agent-check before --agent-hold ended, three times in "
+                      "a row: it is answered at once from now on",
     "haproxy.up": "every HAProxy shows this server UP",
     "haproxy.not_up": "a HAProxy does not show this server UP after --start-timeout",
     "haproxy.missing": "a HAProxy's stats have no server with this instance's address",

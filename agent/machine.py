@@ -80,6 +80,7 @@ class Agent:
         clock: Clock,
         timeline: Timeline,
         metrics: Metrics,
+        on_state: Callable[[], None] = lambda: None,
     ) -> None:
         self.config = config
         self.spawn = spawn
@@ -88,6 +89,7 @@ class Agent:
         self.clock = clock
         self.timeline = timeline
         self.metrics = metrics
+        self.on_state = on_state  # the agent port answers its held polls with the new state
         self.state = AgentState.STARTING
         self.stop_signal: int = signal.SIGTERM
         self.stop_requested = asyncio.Event()
@@ -383,6 +385,7 @@ class Agent:
         self.event("agent.state", from_=self.state.value, to=state.value, **fields)
         self.state = state
         self.metrics.record_state(state)
+        self.on_state()
 
     def event(self, name: str, level: int = logging.INFO, /, **fields: object) -> None:
         self.timeline.event(name, level, {k.rstrip("_"): v for k, v in fields.items()})

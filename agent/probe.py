@@ -9,7 +9,6 @@ from the environment must not see a loopback probe).
 from __future__ import annotations
 
 import asyncio
-import ssl
 from urllib.parse import urlsplit
 
 
@@ -25,7 +24,7 @@ async def get(url: str, timeout_s: float, max_bytes: int = 65536) -> tuple[int, 
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     async with asyncio.timeout(timeout_s):
         reader, writer = await asyncio.open_connection(
-            parts.hostname or "127.0.0.1", port, ssl=ssl.create_default_context() if secure else None
+            parts.hostname or "127.0.0.1", port, ssl=tls_context() if secure else None
         )
         try:
             writer.write(
@@ -65,11 +64,18 @@ def dechunk(body: bytes, url: str) -> bytes:
         rest = rest[size + 2 :]
 
 
+def tls_context() -> object:
+    """Only an https URL loads OpenSSL (several MiB of every agent's RSS otherwise)."""
+    import ssl
+
+    return ssl.create_default_context()
+
+
 async def ready(url: str, timeout_s: float) -> bool:
     """True if `url` answers 200; False on any other status, error or timeout."""
     try:
         status, _ = await get(url, timeout_s)
-    except (OSError, TimeoutError, ssl.SSLError):
+    except (OSError, TimeoutError):  # ssl.SSLError is an OSError
         return False
     return status == 200
 

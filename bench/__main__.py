@@ -19,11 +19,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from bench import agent_cost, machine, original, release_safety, steady, streams_cost, surge, usual
+from bench import agent_cost, machine, original, release_safety, scale, steady, streams_cost, surge, usual
 from bench.log import elapsed_s, say
 from bench.measure import Context
 
-SECTIONS: list[ModuleType] = [steady, original, usual, agent_cost, surge, streams_cost, release_safety]
+SECTIONS: list[ModuleType] = [steady, original, usual, agent_cost, surge, streams_cost, release_safety, scale]
 ALIASES = {str(i): module.KEY for i, module in enumerate(SECTIONS, 1)}
 HERE = Path(__file__).resolve().parent
 
@@ -34,7 +34,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=None, help="runs per variant (default 3; 1 with --quick)")
     parser.add_argument("--quick", action="store_true", help="1 run, smaller loads: a smoke test")
-    parser.add_argument("--only", choices=keys + list(ALIASES), help="run one section (name or 1-7)")
+    parser.add_argument("--only", choices=keys + list(ALIASES), help="run one section (name or 1-8)")
     parser.add_argument("--out", type=Path, default=None,
                         help="where RESULTS.md and results.json go (default bench/; a temp dir with --quick)")
     parser.add_argument("--keep-dirs", action="store_true", help="keep the stacks' state dirs (logs)")
@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         results["targets"] = verdicts = targets.evaluate(results)
         json_path.write_text(json.dumps(results, indent=1, default=str) + "\n")
         (args.out / "RESULTS.md").write_text(report.render(results))
+        if (results.get("sections") or {}).get(scale.KEY):
+            scale.plot(results["sections"][scale.KEY], args.out / scale.PLOT)
         return verdicts
 
     if args.render_only:

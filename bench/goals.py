@@ -18,6 +18,9 @@ WARMUP_SLACK_S = 2.5
 SCALE_STEP_SPREAD = 1.5
 STREAMS_FACTOR = 1.5
 RECONNECT_BUDGET_MS = 1000
+IDLE_LIMIT = 0.05  # of one core: HAProxy and every agent together, idle, at 64 instances
+GROWTH_SLACK = 1.5  # the idle cost per instance at 64 within this factor of that at 3: about linear
+SCALE_SHARE = "25%"
 TARGETS = {
     "zero_failures": "0 failed requests in every deploy of ours (sections 2, 3(d), 4, 5, 6)",
     "overhead": f"agent overhead <= {OVERHEAD_LIMIT_MS:.0f} ms per instance (median)",
@@ -35,6 +38,10 @@ TARGETS = {
                       "(section 6)",
     "bad_release": "a bad release (crash after UP; 500s) is rolled back by the deploy itself in every run, "
                    "and answers fewer requests than unwatched (section 7)",
+    "scale_idle": f"the control plane's idle cost (HAProxy + all agents) at 64 instances < "
+                  f"{IDLE_LIMIT:.0%} of one core, growing no faster than linearly from 3 to 64 (section 8)",
+    "scale_deploy": f"64 instances, --max-unavailable {SCALE_SHARE}: deploy <= 4 x one step + the last "
+                    "drain, 0 failed, never fewer than 48 UP (section 8)",
     "surge_scale": f"surge, 3 at a time: deploy time grows about as N/3 (seconds per step within "
                    f"{SCALE_STEP_SPREAD}x from 3 to 24 instances; section 5(c))",
 }

@@ -8,6 +8,7 @@ from typing import Any
 
 __all__ = ["release_part", "render", "streams_part", "surge_part"]
 
+from bench import scale
 from bench.goals import loaded_costs, our_deploys, section, upper_bounds
 from bench.report_deploys import release_part, streams_part, surge_part
 from bench.report_format import (
@@ -321,5 +322,7 @@ def render(results: dict[str, Any]) -> str:
         lines += streams_part(section(results, "streams"))
     if section(results, "release"):
         lines += release_part(section(results, "release"))
+    if section(results, "scale"):
+        lines += scale.part(section(results, "scale"))
     lines += method_part()
     return "\n".join(lines).rstrip() + "\n"

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from bench import scale
 from bench.goals import (
     MIDDLEWARE_LIMIT,
     OVERHEAD_LIMIT_MS,
@@ -230,6 +231,8 @@ CHECKS: tuple[tuple[Callable[[dict[str, Any]], dict[str, object] | None], tuple[
     (streams_whole, ("streams",)),
     (streams_deploy, ("streams",)),
     (bad_release, ("release",)),
+    (scale.scale_idle, ("scale",)),
+    (scale.scale_deploy, ("scale",)),
 )
 
 

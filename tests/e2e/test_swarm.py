@@ -431,10 +431,12 @@ def test_rollout_deploy_on_swarm_rolls_back_a_release_that_crashes_after_up(serv
     stack.wait_release(version)
     # Known and open: while Swarm's own monitor and rollback handle a crash loop, HAProxy may
     # have no usable task for a while and answer 503 (one CI run: 3,400 of 38,542; another: 0).
-    # What holds: no connection is reset; a request the crash cut is answered 502 by HAProxy and
-    # never re-sent (the app may have done its work); and the old version serves after.
+    # What holds: no connection is reset by HAProxy; a request the crash cut is never re-sent
+    # (the app may have done its work): a 502, or on a kept-alive client connection past its
+    # first request, HAProxy's silent close (which lets a client re-send what it safely can);
+    # and the old version serves after.
     for result in results:
-        assert set(result.failures) <= {"http 503", "http 502"}, dict(result.failures)
+        assert set(result.failures) <= {"http 503", "http 502", "closed without response"}, dict(result.failures)
         print(f"Swarm's rollback of a crash loop: {result.failed} of {result.total} failed")
 
 

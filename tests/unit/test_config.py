@@ -68,6 +68,7 @@ SAMPLES = {  # flag -> (a valid value, what the config holds)
     "--stats-timeout": ("2", 2.0),
     "--metrics-port": ("9100", 9100),
     "--reload-window": ("0", 0.0),
+    "--agent-hold": ("0.5", 0.5),
 }
 
 
