@@ -72,11 +72,39 @@ def is_local_address(ip: str) -> bool:
     return True
 
 
+class HAProxyAddresses:
+    """The HAProxies' addresses, from the host names of their stats URLs; resolved again after
+    RESOLVE_S (a HAProxy container may come back on another address). None: a name does not
+    resolve now."""
+
+    RESOLVE_S = 10.0
+
+    def __init__(self, urls: Sequence[str]) -> None:
+        self.hosts = [urlsplit(url).hostname or "" for url in urls]
+        self.found: frozenset[str] | None = None
+        self.at = -self.RESOLVE_S
+
+    async def __call__(self) -> frozenset[str] | None:
+        if self.found is not None and time.monotonic() - self.at < self.RESOLVE_S:
+            return self.found
+        loop = asyncio.get_running_loop()
+        peers: set[str] = set()
+        for host in self.hosts:
+            try:
+                found = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+            except OSError:
+                return None
+            peers.update(str(ipaddress.ip_address(info[4][0])) for info in found)
+        self.found, self.at = frozenset(peers), time.monotonic()
+        return self.found
+
+
 class HostProbes:
     """The app's readiness URL, and which HAProxy rows are this instance's."""
 
-    def __init__(self, config: AgentConfig) -> None:
+    def __init__(self, config: AgentConfig, haproxies: HAProxyAddresses) -> None:
         self.config = config
+        self.haproxies = haproxies
 
     async def app_ready(self) -> bool:
         return await probe.ready(self.config.ready_url, timeout_s=max(1.0, self.config.poll_interval_s))
@@ -87,16 +115,7 @@ class HostProbes:
     async def app_connections(self) -> frozenset[str] | None:
         """Connections to the app's port from the HAProxies' addresses (all peers, if a
         HAProxy's name does not resolve)."""
-        loop = asyncio.get_running_loop()
-        peers: set[str] = set()
-        for url in self.config.haproxy_stats:
-            host = urlsplit(url).hostname or ""
-            try:
-                found = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-            except OSError:
-                return established_to(self.config.app_port)
-            peers.update(str(ipaddress.ip_address(info[4][0])) for info in found)
-        return established_to(self.config.app_port, frozenset(peers))
+        return established_to(self.config.app_port, await self.haproxies())
 
     def is_mine(self, stat: ServerStat) -> bool:
         if self.config.backend and stat.backend != self.config.backend:
@@ -121,13 +140,14 @@ async def serve(config: AgentConfig, metrics: Metrics) -> int:
     def warn(name: str, **fields: object) -> None:
         agent.event(name, logging.WARNING, **fields)
 
+    haproxies = HAProxyAddresses(config.haproxy_stats)
     responder = Responder(config.agent_bind, config.agent_port, lambda: agent.state.value,
-                          config.agent_hold_s, warn)
+                          config.agent_hold_s, warn, haproxies)
     agent = Agent(
         config,
         spawn=spawn,
         haproxies=[StatsPage(url, config.stats_timeout_s) for url in config.haproxy_stats],
-        probes=HostProbes(config),
+        probes=HostProbes(config, haproxies),
         clock=RealClock(),
         timeline=timeline,
         metrics=metrics,

@@ -13,8 +13,9 @@ answered at once, so a HAProxy that has just started (or a worker a plain reload
 its old worker's address and its configuration's idea of the server, UP) learns it on its
 first poll; for `ready` that idea is already right. A HAProxy that does not wait that long (its
 `timeout check` is shorter) closes the connection first; after three such polls in a row its
-address is answered at once. One poll per address waits at a time (a HAProxy process never
-polls one server twice at once), at most MAX_HELD in all.
+address is answered at once. Only polls from a HAProxy's address (its stats URL's host) wait,
+one per address at a time (a HAProxy process never polls one server twice at once), at most
+MAX_HELD in all: anyone else (a probe, a container's health check) is answered at once.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 # What HAProxy does with each reply: `maint` takes the server out (checks go on), `drain`
 # sends it no new request, `ready` lifts both. UP itself is HAProxy's own health check.
@@ -35,12 +36,14 @@ MAX_PEERS = 1024  # addresses remembered (what each was told); forgotten all at 
 
 class Responder:
     def __init__(self, host: str, port: int, state: Callable[[], str], hold_s: float = 0.0,
-                 say: Callable[..., None] = lambda *args, **fields: None) -> None:
+                 say: Callable[..., None] = lambda *args, **fields: None,
+                 haproxies: Callable[[], Awaitable[frozenset[str] | None]] | None = None) -> None:
         self.host = host
         self.port = port
         self.state = state
         self.hold_s = hold_s
         self.say = say
+        self.haproxies = haproxies  # the addresses whose polls may be held (None: any)
         self.server: asyncio.Server | None = None
         self.changed = asyncio.Event()
         self.held = 0
@@ -65,7 +68,8 @@ class Responder:
         try:
             if (self.hold_s > 0 and self.state() == HELD and self.told.get(peer) == REPLIES[HELD]
                     and self.held < MAX_HELD
-                    and peer not in self.holding and self.early_closes.get(peer, 0) < EARLY_CLOSES_OFF):
+                    and peer not in self.holding and self.early_closes.get(peer, 0) < EARLY_CLOSES_OFF
+                    and await self.from_haproxy(peer)):
                 self.held += 1
                 self.holding.add(peer)
                 try:
@@ -87,6 +91,13 @@ class Responder:
                 self.told[peer] = reply
         finally:
             writer.close()
+
+    async def from_haproxy(self, peer: str) -> bool:
+        """Only a HAProxy's poll is held: a probe or a container's health check is answered at once."""
+        if self.haproxies is None:
+            return True
+        addresses = await self.haproxies()
+        return addresses is not None and peer in addresses
 
     async def hold(self, reader: asyncio.StreamReader) -> bool:
         """Until the state changes or `hold_s` passes; True if the peer closed the connection first."""

@@ -8,8 +8,8 @@ from typing import Any
 
 from bench.summary import Record, where
 
-RSS_LIMIT_KB = 30 * 1024
-OVERHEAD_LIMIT_MS = 200.0
+RSS_LIMIT_KB = 20 * 1024  # issue 25 (it was 30 MiB)
+OVERHEAD_LIMIT_MS = 100.0  # issue 25 (it was 200 ms)
 P99_FACTOR = 1.5
 MIDDLEWARE_LIMIT = 0.05
 SURGE_RPS_SHARE = 0.9

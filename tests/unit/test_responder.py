@@ -138,3 +138,23 @@ def test_at_most_max_held_polls_wait_and_the_rest_are_answered_at_once() -> None
         responder.close()
 
     run(scenario())
+
+
+def test_only_a_haproxys_poll_is_held_and_a_probe_is_answered_at_once() -> None:
+    async def scenario() -> None:
+        async def haproxies() -> frozenset[str]:
+            return frozenset({"127.0.0.9"})
+
+        responder = Responder("127.0.0.1", 0, lambda: "ready", HOLD_S, haproxies=haproxies)
+        await responder.start()
+        assert responder.server is not None
+        responder.port = responder.server.sockets[0].getsockname()[1]
+        for _ in range(2):  # a probe, a container's health check: never held
+            line, took = await poll(responder, "127.0.0.1")
+            assert line == "ready\n" and took < HOLD_S / 2
+        await poll(responder, "127.0.0.9")
+        line, took = await poll(responder, "127.0.0.9")  # HAProxy, told: held
+        assert line == "ready\n" and took >= HOLD_S
+        responder.close()
+
+    run(scenario())
