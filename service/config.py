@@ -8,10 +8,9 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-# HAProxy takes an instance out after two failed readiness checks: the first within `inter`
-# (2 s), the next `fastinter` (100 ms) later (haproxy.cfg). Without the agent's notice, the
-# service keeps refusing (and its listener open) this long.
-NO_NOTICE_LINGER_S = 2.5
+# HAProxy takes an instance out after two failed readiness checks 200 ms apart (haproxy.cfg):
+# without the agent's notice, the service keeps refusing (and its listener open) this long.
+NO_NOTICE_LINGER_S = 1.0
 
 
 class ConfigError(ValueError):
