@@ -57,8 +57,11 @@ class DrainingServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Signal handler: set state only, the main loop acts on it.
         if self.state.draining:
-            # A second signal forces the exit, as in uvicorn: in-flight requests are cut.
-            self.should_exit = self.force_exit = True
+            # A second Ctrl-C forces the exit, as in uvicorn: in-flight requests are cut. A
+            # repeated SIGTERM changes nothing: the agent's parent-death SIGTERM comes once per
+            # thread of this process, and a supervisor that means it sends SIGKILL.
+            if sig == signal.SIGINT:
+                self.should_exit = self.force_exit = True
         else:
             self.state.start_draining()
             self.wake_release()

@@ -190,3 +190,16 @@ def test_the_503_phase_lingers_until_haproxy_has_taken_the_instance_out(
         server.state.streams.request_release("SIGUSR1")
     server.state.start_draining()
     assert server.linger_s() == expected
+
+
+def test_a_repeated_sigterm_never_cuts_the_drain_and_a_second_ctrl_c_does() -> None:
+    """The agent's parent-death SIGTERM arrives once per thread of the app: the second one must
+    not force the exit (it cut in-flight requests when the agent was SIGKILLed)."""
+    import signal
+
+    server = build_server(ServiceConfig(instance="app1"))
+    for _ in range(3):
+        server.handle_exit(signal.SIGTERM, None)
+    assert server.state.draining and not server.should_exit and not server.force_exit
+    server.handle_exit(signal.SIGINT, None)
+    assert server.should_exit and server.force_exit
