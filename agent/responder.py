@@ -66,10 +66,10 @@ class Responder:
     async def answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = str((writer.get_extra_info("peername") or ("?",))[0])
         try:
-            if (self.hold_s > 0 and self.state() == HELD and self.told.get(peer) == REPLIES[HELD]
+            haproxy = self.hold_s > 0 and await self.from_haproxy(peer)  # before the checks: no await between
+            if (haproxy and self.state() == HELD and self.told.get(peer) == REPLIES[HELD]
                     and self.held < MAX_HELD
-                    and peer not in self.holding and self.early_closes.get(peer, 0) < EARLY_CLOSES_OFF
-                    and await self.from_haproxy(peer)):
+                    and peer not in self.holding and self.early_closes.get(peer, 0) < EARLY_CLOSES_OFF):
                 self.held += 1
                 self.holding.add(peer)
                 try:
