@@ -124,15 +124,16 @@ def _answers(engine) -> bool:  # type: ignore[no-untyped-def]
 
 
 def test_a_release_whose_pool_crashes_after_the_switch_switches_back(pools) -> None:  # type: ignore[no-untyped-def]
-    """Green gets v3 which crashes 2 s after every start: the watch after the switch sees it
-    and moves the traffic back to blue, which never stopped running v1."""
+    """Green gets v3 which crashes 4 s after every start: the watch after the switch sees it
+    and moves the traffic back to blue, which never stopped running v1. (4 s: on a loaded CI
+    box a green instance once took over 2 s to be UP, so it crashed before the switch.)"""
     engine = pools
     runs: list[subprocess.CompletedProcess[str]] = []
 
     def during() -> None:
         runs.append(subprocess.run(
             [str(BIN / "rollout"), "--state-dir", str(engine.root), "release", "--version", "v3",
-             "--env", "SERVICE_FAULT_CRASH_AFTER_S=2", "--watch-for", "6"],
+             "--env", "SERVICE_FAULT_CRASH_AFTER_S=4", "--watch-for", "8"],
             capture_output=True, text=True, timeout=120, check=False))
 
     result = load(engine, requests=15_000, during=during)
