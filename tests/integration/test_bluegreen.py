@@ -147,7 +147,6 @@ def test_a_release_whose_pool_crashes_after_the_switch_switches_back(pools) -> N
     assert result.versions["v3"] > 0  # green did serve v3 before it crashed
     served = [max(b.versions, key=b.versions.__getitem__) for _, b in sorted(result.seconds.items()) if b.versions]
     assert served[-1] == "v1"
-    # what failed was in flight on a crashing green app: a handful, never the blue pool's
     # a crash cuts what is in flight on its app (never re-sent: the app may have done the work),
     # at most the load's 100 connections each time a green app crashes (twice here at most)
     assert set(result.failures) <= {"closed without response", "http 502"}, result.failures
