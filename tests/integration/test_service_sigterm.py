@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -39,7 +40,7 @@ def test_sigterm_finishes_in_flight_refuses_new_and_exits_0(procs: Processes) ->
     assert "event=service.drained" in log
 
 
-def test_second_sigterm_forces_the_exit(procs: Processes) -> None:
+def test_a_repeated_sigterm_keeps_draining_and_a_second_ctrl_c_forces_the_exit(procs: Processes) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     app = procs.start([sys.executable, "-m", "service"], {"SERVICE_PORT": str(port), "SERVICE_INSTANCE": "app"}, "service")
@@ -50,7 +51,10 @@ def test_second_sigterm_forces_the_exit(procs: Processes) -> None:
                  what="request in flight")
         app.send_signal(signal.SIGTERM)
         wait_for(lambda: httpx.get(f"{base}/readyz").status_code == 503, what="draining")
-        app.send_signal(signal.SIGTERM)
+        app.send_signal(signal.SIGTERM)  # as the agent's parent-death signal repeats, per thread
+        time.sleep(1.5)
+        assert app.poll() is None  # still draining: the slow request is not cut
+        app.send_signal(signal.SIGINT)  # a second Ctrl-C
         assert app.wait(timeout=5) == 0  # did not wait 30 s for the slow request
         with contextlib.suppress(httpx.HTTPError):
             slow.result()
