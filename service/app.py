@@ -38,6 +38,15 @@ def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+def delay_of(request: Request) -> int | Response:
+    """`?delay_ms=`: ASCII digits up to MAX_DELAY_MS, or the 400 that says so."""
+    raw = request.query_params.get("delay_ms", "0")
+    delay_ms = whole_number(raw, MAX_DELAY_MS)
+    if delay_ms is None:
+        return error(400, f"delay_ms must be an integer from 0 to {MAX_DELAY_MS}, got {raw[:20]!r}")
+    return delay_ms
+
+
 def create_app(config: ServiceConfig, state: DrainState | None = None, *, drain: bool = True) -> Starlette:
     """The service. `drain=False` leaves out the 503 drain (only to measure what it costs)."""
     state = state or DrainState()
@@ -52,10 +61,9 @@ def create_app(config: ServiceConfig, state: DrainState | None = None, *, drain:
             ledger.write(line + "\n")
 
     async def cms_get(request: Request) -> Response:
-        raw = request.query_params.get("delay_ms", "0")
-        delay_ms = whole_number(raw, MAX_DELAY_MS)
-        if delay_ms is None:
-            return error(400, f"delay_ms must be an integer from 0 to {MAX_DELAY_MS}, got {raw[:20]!r}")
+        delay_ms = delay_of(request)
+        if isinstance(delay_ms, Response):
+            return delay_ms
         if delay_ms:
             await asyncio.sleep(delay_ms / 1000)
         return JSONResponse({**identity, "delay_ms": delay_ms})
@@ -77,10 +85,9 @@ def create_app(config: ServiceConfig, state: DrainState | None = None, *, drain:
             return error(400, f"body is not valid JSON: {exc}")
         except RecursionError:
             return error(400, "body is not valid JSON: nested too deeply")
-        raw = request.query_params.get("delay_ms", "0")
-        delay_ms = whole_number(raw, MAX_DELAY_MS)
-        if delay_ms is None:
-            return error(400, f"delay_ms must be an integer from 0 to {MAX_DELAY_MS}, got {raw[:20]!r}")
+        delay_ms = delay_of(request)
+        if isinstance(delay_ms, Response):
+            return delay_ms
         given = request.headers.get("x-request-id", "")
         request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         if ledger is not None:

@@ -1,13 +1,9 @@
 """The drain: once SIGTERM arrives, new requests are turned away before any work is done.
 
 Pure ASGI middleware, so it runs before routing and before any handler: a request refused
-here never reached application code. HAProxy's frontend asks (`X-Drain-Refusal-Status: 425`)
-for such a refusal to be marked 425, the one status its `retry-on` re-sends: a 503 from an
-app may come after work, a 425 from here never does (haproxy.cfg). Without the header (a
-client talking to the service directly), the refusal is a plain 503.
-
-HAProxy can re-send only a request it holds whole: one larger than its buffer is served
-during the drain instead of refused, so it never meets a refusal it cannot recover from.
+here never reached application code, and HAProxy may send it elsewhere. How it is refused
+(425 where HAProxy asks, else 503) and which requests are (only those HAProxy holds whole;
+larger ones are served during the drain): service/refusal.py.
 """
 
 from __future__ import annotations
