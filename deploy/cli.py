@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import TypeVar
 
+from deploy import door
 from deploy.cli_args import (
     RESTART_TIMEOUT_S,
     WATCH_FLAGS,
@@ -281,8 +282,8 @@ def dispatch(engine: Engine, args: argparse.Namespace) -> int:
     if args.command == "status":
         return cmd_status(engine, args)
     if args.command == "reload":
-        for line in engine.reload():
-            print(line)
+        for haproxy in engine.haproxies():  # one line as each is done
+            print(door.reload(haproxy), flush=True)
         return 0
     if args.command == "restart":
         return cmd_restart(engine, args)

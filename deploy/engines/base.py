@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
@@ -15,13 +14,12 @@ from agent.haproxy import ServerStat, StatsPage
 from deploy.errors import RolloutError
 from deploy.model import BACKEND, Instance, Release
 
-__all__ = ["BACKEND", "Engine", "Finished", "InThread", "Instance", "Release", "check_env", "check_version",
-           "read_stats"]
+__all__ = ["BACKEND", "Engine", "Finished", "HAProxyHandle", "InThread", "Instance", "Release", "check_env",
+           "check_version", "read_stats"]
 # A version is an image tag in compose: the same rule as Docker's (and deploy.sh's).
 VERSION = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MAX_ENV_VALUE = 4096
-RELOAD_TIMEOUT_S = 15.0
 
 
 def check_version(version: str) -> str:
@@ -50,27 +48,31 @@ def read_stats(url: str, timeout_s: float = 2.0) -> list[ServerStat]:
         raise RolloutError(str(exc)) from None
 
 
-def worker_pid(show_info: str) -> str:
-    """The worker's pid in HAProxy's `show info` (a reload makes a new worker: a new pid)."""
-    for line in show_info.splitlines():
-        if line.startswith("Pid: "):
-            return line.split(": ", 1)[1].strip()
-    raise RolloutError(f"no Pid in HAProxy's `show info`: {show_info.strip()[:200]!r}")
+class HAProxyHandle(Protocol):
+    """One HAProxy of the stack, as only its engine can reach it: the Runtime API, a check of its
+    configuration, the file its next worker starts from, and its master's signal. deploy/door.py
+    does the rest (reads, weights, maps, reloads) the same way for every engine."""
 
+    name: str
 
-def wait_new_worker(show_info: Callable[[], str], old: str, timeout_s: float = RELOAD_TIMEOUT_S) -> str:
-    """After SIGUSR2 to HAProxy's master: until a new worker answers on the Runtime API; its pid."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            pid = worker_pid(show_info())
-        except RolloutError:
-            pid = old  # between the old worker letting go of the socket and the new one taking it
-        if pid != old:
-            return pid
-        time.sleep(0.05)
-    raise RolloutError(f"no new HAProxy worker {timeout_s:g}s after SIGUSR2 (worker {old} still "
-                       "answers): see HAProxy's log; the old configuration still serves")
+    def command(self, line: str) -> str:
+        """One Runtime API command (never published: owners and operators only); the answer."""
+
+    def config_alert(self) -> str | None:
+        """Why its configuration would not load (`haproxy -c`'s alert); None: it loads."""
+
+    @property
+    def state_file(self) -> str | None:
+        """Where a new worker reads the servers' states (server-state-file); None: nowhere."""
+
+    def put_state(self, text: str) -> None:
+        """Write `show servers state` where the next worker reads it, whole or not at all."""
+
+    def drop_state(self) -> None:
+        """Remove it: a stale file would hand an old state to a later worker."""
+
+    def signal_reload(self) -> None:
+        """SIGUSR2 to the master (master-worker): a new worker, the listeners handed over."""
 
 
 class Finished:
@@ -124,20 +126,17 @@ class Engine(Protocol):
         """Blue/green only: the map as HAProxy names it (its path inside HAProxy's container, if any)."""
 
     def haproxy_command(self, line: str) -> str:
-        """One command on HAProxy's Runtime API (never published); HAProxy's answer."""
+        """One command on HAProxy's Runtime API (never published); HAProxy's answer. The first
+        HAProxy's, where there are several."""
+
+    def haproxies(self) -> list[HAProxyHandle]:
+        """Every HAProxy of the stack (Swarm has two), as door.reload and the reads take them."""
 
     def up(self) -> None:
         """Start HAProxy and every instance (callers then wait for each to be UP)."""
 
     def down(self) -> None:
         """Stop everything (instances drain first)."""
-
-    def reload(self) -> list[str]:
-        """Reload every HAProxy's configuration without a restart, one after the other: check
-        that it loads (else nothing is signalled), hand the servers' states to the new worker
-        (server-state-file), SIGUSR2 to the master (master-worker), wait for the new worker; the
-        listeners are handed over (`expose-fd listeners`) and the old worker finishes what it
-        has. One line per HAProxy reloaded."""
 
     def is_up(self) -> bool: ...
 

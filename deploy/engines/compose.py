@@ -15,7 +15,7 @@ Blue/green: each pool takes its version from its own variable (BLUE_VERSION, GRE
 so recreating one pool never touches the other. The map file is a host file in a directory
 bind-mounted (read-only) into HAProxy; a switch's `set map` reaches HAProxy's Runtime API,
 which listens on the HAProxy container's own loopback, through `docker compose exec haproxy`
-and bash's /dev/tcp (the image has no socat).
+(engines/container_haproxy.py).
 """
 
 from __future__ import annotations
@@ -40,12 +40,11 @@ from deploy.engines.compose_access import (
     default_files,
     docker,
     find_lb,
-    last_line,
 )
 from deploy.errors import RolloutError
 
 __all__ = ["APP_PORT", "BLUEGREEN_FILE", "COMPOSE_FILE", "ComposeProject", "DockerEngine", "default_files",
-           "docker", "find_lb", "find_stack", "last_line"]
+           "docker", "find_lb", "find_stack"]
 
 
 class DockerEngine(ComposeAccess):

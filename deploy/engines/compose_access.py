@@ -9,18 +9,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from deploy.colormap import COLORS, read_map, write_map
-from deploy.engines.base import (
-    wait_new_worker,
-    worker_pid,
-)
-from deploy.errors import RolloutError
+from deploy.engines.base import HAProxyHandle
+from deploy.engines.container_haproxy import ContainerHAProxy
+from deploy.errors import RolloutError, last_line
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
@@ -34,12 +31,6 @@ STOP_GRACE_S = 100.0  # as the compose file's stop_grace_period: > drain 70 s + 
 RECREATE_TIMEOUT_S = STOP_GRACE_S + 60
 QUICK_TIMEOUT_S = 15.0
 LOG_LINES_KEPT = 40  # of each container this engine removes
-# One Runtime API command, run inside the haproxy container: HAProxy answers and closes.
-RUNTIME_API_SCRIPT = 'exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1; printf "%s\\n" "$2" >&3; cat <&3'
-# Before a reload, inside the haproxy container: the servers' states and addresses, where the
-# new worker reads them (HAPROXY_SERVER_STATE_FILE: server-state-file in haproxy.cfg).
-STATE_DUMP_SCRIPT = ('exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1; printf "show servers state\\n" >&3; '
-                     'cat <&3 > "$2.new" && mv -f "$2.new" "$2"')
 
 
 @dataclass(frozen=True)
@@ -123,13 +114,14 @@ class ComposeAccess:
         return self.project.app_port
 
     def compose(
-        self, *args: str, env: Mapping[str, str] | None = None, timeout_s: float = QUICK_TIMEOUT_S
+        self, *args: str, env: Mapping[str, str] | None = None, timeout_s: float = QUICK_TIMEOUT_S,
+        stdin: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
         command = ["docker", "compose", *(arg for f in self.files for arg in ("-f", str(f))),
                    *(("-p", self.project.name) if self.project.name else ())]
         try:
             return subprocess.run(
-                [*command, *args], capture_output=True, text=True, check=False,
+                [*command, *args], capture_output=True, text=True, check=False, input=stdin,
                 env={**self.env, **(env or {})}, cwd=self.root, timeout=timeout_s,
             )
         except FileNotFoundError:
@@ -158,32 +150,21 @@ class ComposeAccess:
             return False
         return result.returncode == 0 and bool(result.stdout.strip())
 
-    def reload(self) -> list[str]:
-        """The official image's reload: SIGUSR2 to the haproxy container's PID 1 (the master,
-        -W), after `haproxy -c` in the container on the same files and with the servers' states
-        left for the new worker (HAPROXY_SERVER_STATE_FILE, on the container's tmpfs)."""
-        command = [str(arg) for arg in self.config()["services"][self.lb].get("command") or []]
-        if command[:1] == ["haproxy"]:
-            check = self.compose("exec", "-T", self.lb, "haproxy", "-c", *command[1:])
-            if check.returncode != 0:
-                alert = next((line for line in (check.stdout + check.stderr).splitlines()
-                              if "[ALERT]" in line), last_line(check.stderr))
-                raise RolloutError(f"HAProxy's configuration does not load, so nothing was "
-                                   f"reloaded: {alert.strip()[:300]}")
-        state = str(self.haproxy_environment().get("HAPROXY_SERVER_STATE_FILE") or "")
-        old = worker_pid(self.haproxy_command("show info"))
-        began = time.monotonic()
-        try:
-            if state:
-                self.run("exec", "-T", self.lb, "bash", "-c", STATE_DUMP_SCRIPT, "_", self.admin_port(),
-                         state)
-            self.run("kill", "-s", "USR2", self.lb)
-            new = wait_new_worker(lambda: self.haproxy_command("show info"), old)
-        finally:
-            if state:  # read at the new worker's start: never left to go stale
-                self.compose("exec", "-T", self.lb, "rm", "-f", state)
-        return [f"haproxy: reloaded (master-worker, SIGUSR2): worker {old} -> {new} "
-                f"in {time.monotonic() - began:.2f}s"]
+    def haproxies(self) -> list[HAProxyHandle]:
+        return [self.haproxy()]
+
+    def haproxy(self) -> ContainerHAProxy:
+        """The project's HAProxy, reached through `docker compose exec` (the official image's
+        master is the container's PID 1: `docker compose kill -s USR2` reloads it)."""
+        def run_in(argv: Sequence[str], stdin: str | None) -> subprocess.CompletedProcess[str]:
+            return self.compose("exec", "-T", self.lb, *argv, stdin=stdin)
+
+        def kill(signal: str) -> None:
+            self.run("kill", "-s", signal, self.lb)
+
+        command = self.config()["services"][self.lb].get("command") or []
+        return ContainerHAProxy(self.lb, run_in, kill, command, self.haproxy_environment(),
+                                self.compose_file.name)
 
     def published(self, port: int) -> str:
         """host:port where docker publishes the haproxy container's `port` (cached once found)."""
@@ -219,22 +200,8 @@ class ComposeAccess:
         """HAPROXY_COLOR_MAP: the map file's path inside the haproxy container."""
         return self.color_map_paths()[1]
 
-    def admin_port(self) -> str:
-        address = str(self.haproxy_environment().get("HAPROXY_ADMIN_SOCKET", ""))
-        port = address.rpartition(":")[2]
-        if not port.isdigit():
-            raise RolloutError(f"HAPROXY_ADMIN_SOCKET {address!r} in {self.compose_file.name}: "
-                               "expected a TCP address such as ipv4@0.0.0.0:9999")
-        return port
-
     def haproxy_command(self, line: str) -> str:
-        """One Runtime API command, sent from inside the haproxy container (never published)."""
-        result = self.compose("exec", "-T", self.lb, "bash", "-c", RUNTIME_API_SCRIPT, "_",
-                              self.admin_port(), line)
-        if result.returncode != 0:
-            raise RolloutError(f"HAProxy's Runtime API (`{line}`) through `docker compose exec "
-                               f"haproxy` failed: {last_line(result.stderr)}")
-        return result.stdout
+        return self.haproxy().command(line)
 
     def ensure_color_map(self) -> None:
         """Before HAProxy starts: the map file must exist (HAProxy refuses to start without it)
@@ -303,8 +270,3 @@ def docker(*args: str, timeout_s: float = QUICK_TIMEOUT_S, merge: bool = False) 
     if result.returncode != 0:
         raise RolloutError(f"`docker {' '.join(args[:2])}` failed: {last_line(result.stderr)}")
     return result.stdout + (result.stderr if merge else "")
-
-
-def last_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else "(no error output)"

@@ -11,14 +11,14 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from agent.errors import HAProxyError
 from agent.haproxy import ServerStat, StatsPage
-from deploy.engines.base import BACKEND, Instance
-from deploy.engines.compose_access import RUNTIME_API_SCRIPT, STATE_DUMP_SCRIPT
+from deploy.engines.base import BACKEND, HAProxyHandle, Instance
+from deploy.engines.container_haproxy import ContainerHAProxy
 from deploy.engines.swarm_model import (
     APP,
     APP_PORT,
@@ -30,15 +30,12 @@ from deploy.engines.swarm_model import (
     POLL_S,
     PUBLISHED,
     QUICK_TIMEOUT_S,
-    RELOAD_TIMEOUT_S,
     STACK_FILE,
     STATS_PORT,
-    Reload,
     Task,
-    last_line,
     timestamp,
 )
-from deploy.errors import RolloutError
+from deploy.errors import RolloutError, last_line
 
 
 class SwarmAccess:
@@ -61,11 +58,12 @@ class SwarmAccess:
     def root(self) -> Path:
         return self.stack_file.parent
 
-    def run(self, *args: str, timeout_s: float = QUICK_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+    def run(self, *args: str, timeout_s: float = QUICK_TIMEOUT_S,
+            stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         """A docker command in this engine's environment (DOCKER_HOST, DOCKER_CONTEXT apply)."""
         try:
             return subprocess.run(["docker", *args], capture_output=True, text=True, check=False,
-                                  env=self.env, cwd=self.root, timeout=timeout_s)
+                                  input=stdin, env=self.env, cwd=self.root, timeout=timeout_s)
         except FileNotFoundError:
             raise RolloutError("no `docker` command on PATH; the swarm engine needs Docker") from None
         except subprocess.TimeoutExpired:
@@ -271,79 +269,27 @@ class SwarmAccess:
         return "never" if image is not None and not image.get("RepoDigests") else "always"
 
     def haproxy_command(self, line: str, service: str = HAPROXIES[0]) -> str:
-        """One Runtime API command, sent inside the HAProxy's container (never published)."""
-        task = self.running_container(service)
-        out = self.docker("exec", task.container, "bash", "-c", RUNTIME_API_SCRIPT, "_",
-                          self.admin_port(service), line)
-        return out
+        return self.haproxy(service).command(line)
 
-    def admin_port(self, service: str) -> str:
-        env = self.container_spec(service).get("Env") or []
-        address = next((item.partition("=")[2] for item in env
-                        if item.startswith("HAPROXY_ADMIN_SOCKET=")), "")
-        port = address.rpartition(":")[2]
-        if not port.isdigit():
-            raise RolloutError(f"HAPROXY_ADMIN_SOCKET {address!r} of {self.full_name(service)}: "
-                               "expected a TCP address such as ipv4@127.0.0.1:9999")
-        return port
+    def haproxies(self) -> list[HAProxyHandle]:
+        return [self.haproxy(service) for service in HAPROXIES]
+
+    def haproxy(self, service: str) -> ContainerHAProxy:
+        """One of the stack's HAProxies, through `docker exec` into its running container on
+        this node (its master is the container's PID 1: `docker kill --signal USR2` reloads it)."""
+        container = self.running_container(service).container
+        spec = self.container_spec(service)
+
+        def run_in(argv: Sequence[str], stdin: str | None) -> subprocess.CompletedProcess[str]:
+            return self.run("exec", *(("-i",) if stdin is not None else ()), container, *argv, stdin=stdin)
+
+        def kill(signal: str) -> None:
+            self.docker("kill", "--signal", signal, container)
+
+        env = dict(str(item).partition("=")[::2] for item in spec.get("Env") or [])
+        return ContainerHAProxy(self.full_name(service), run_in, kill, spec.get("Args") or [], env,
+                                str(self.stack_file.name))
 
     def container_spec(self, service: str) -> dict[str, Any]:
         return dict(self.require_service(service)["Spec"]["TaskTemplate"]["ContainerSpec"])
 
-    def worker_pid(self, service: str) -> str:
-        info = self.haproxy_command("show info", service)
-        for line in info.splitlines():
-            if line.startswith("Pid: "):
-                return line.split(": ", 1)[1].strip()
-        raise RolloutError(f"{self.full_name(service)}: no Pid in `show info`: {info.strip()[:200]!r}")
-
-    def reload(self) -> list[str]:
-        return [str(done) for done in self.reload_haproxies()]
-
-    def reload_haproxies(self) -> list[Reload]:
-        """Each HAProxy in turn: check its configuration (a HAProxy whose configuration does not
-        load is not signalled), leave the servers' states and addresses for the new worker
-        (HAPROXY_SERVER_STATE_FILE), then SIGUSR2 to its master (PID 1 of its container): the new
-        worker takes the listeners over (expose-fd listeners) and the old one finishes what it
-        has. Nothing is restarted; each reload is confirmed by a new worker's pid."""
-        done = []
-        for service in HAPROXIES:
-            task = self.running_container(service)
-            spec = self.container_spec(service)
-            args = [str(a) for a in spec.get("Args") or []]
-            if args[:1] == ["haproxy"]:
-                check = self.run("exec", task.container, "haproxy", "-c", *args[1:])
-                if check.returncode != 0:
-                    alert = next((line for line in (check.stdout + check.stderr).splitlines()
-                                  if "[ALERT]" in line), last_line(check.stderr))
-                    raise RolloutError(f"{self.full_name(service)}: its configuration does not load, so "
-                                       f"nothing was reloaded: {alert.strip()[:300]}")
-            env = dict(str(item).partition("=")[::2] for item in spec.get("Env") or [])
-            state = env.get("HAPROXY_SERVER_STATE_FILE", "")
-            old = self.worker_pid(service)
-            began = time.monotonic()
-            try:
-                if state:
-                    self.docker("exec", task.container, "bash", "-c", STATE_DUMP_SCRIPT, "_",
-                                self.admin_port(service), state)
-                self.docker("kill", "--signal", "USR2", task.container)
-                new = self.wait_new_worker(service, old)
-            finally:
-                if state:  # read at the new worker's start: never left to go stale
-                    self.docker("exec", task.container, "rm", "-f", state, check=False)
-            done.append(Reload(self.full_name(service), old, new, time.monotonic() - began))
-        return done
-
-    def wait_new_worker(self, service: str, old: str) -> str:
-        deadline = time.monotonic() + RELOAD_TIMEOUT_S
-        while time.monotonic() < deadline:
-            try:
-                pid = self.worker_pid(service)
-            except RolloutError:
-                pid = old  # the old worker let go of the socket, the new one not there yet
-            if pid != old:
-                return pid
-            time.sleep(0.05)
-        raise RolloutError(f"{self.full_name(service)}: no new worker {RELOAD_TIMEOUT_S:g}s after "
-                           f"SIGUSR2 (worker {old} still answers); see docker service logs "
-                           f"{self.full_name(service)}")

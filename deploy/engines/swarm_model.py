@@ -33,7 +33,6 @@ STOP_GRACE_S = 100.0  # the app's stop_grace_period: > drain 70 s + app stop 25 
 UP_TIMEOUT_S = 180.0
 BUILD_TIMEOUT_S = 600.0
 QUICK_TIMEOUT_S = 20.0
-RELOAD_TIMEOUT_S = 15.0
 POLL_S = 0.2
 LIVE = ("new", "pending", "assigned", "accepted", "preparing", "ready", "starting", "running")
 
@@ -89,27 +88,10 @@ class UpdateStatus:
     message: str
 
 
-@dataclass
-class Reload:
-    service: str
-    old_pid: str
-    new_pid: str
-    seconds: float
-
-    def __str__(self) -> str:
-        return (f"{self.service}: reloaded (master-worker, SIGUSR2): worker {self.old_pid} -> "
-                f"{self.new_pid} in {self.seconds:.2f}s")
-
-
 def up_everywhere(rows: list[list[ServerStat]], address: str) -> bool:
     """Whether every HAProxy has the server at `address` UP."""
     return bool(rows) and all(any(s.addr == address and s.status == "UP" for s in haproxy)
                               for haproxy in rows)
-
-
-def last_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else "(no error output)"
 
 
 def slots_needed(replicas: int, parallelism: int) -> int:

@@ -33,6 +33,7 @@ import pytest
 import uvloop
 
 from deploy.check.loadcheck import LoadPlan, LoadResult, run_load
+from deploy.door import reload_all
 from deploy.engines.swarm import APP, HAPROXIES, SwarmEngine, Task, up_everywhere
 from tests.conftest import free_port
 from tests.e2e.conftest import (
@@ -470,7 +471,7 @@ def test_haproxy_reloads_under_load_fail_nothing(serving: SwarmStack) -> None:
 
     def reload_three_times() -> None:
         for _ in range(3):
-            reloads.extend(str(r) for r in stack.engine.reload_haproxies())
+            reloads.extend(reload_all(stack.engine))
             time.sleep(1.0)
 
     results, _ = load_both(stack.urls, reload_three_times, requests=5_000)

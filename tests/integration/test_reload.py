@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from deploy.check.loadcheck import check_ledgers
 from deploy.cli import main
-from deploy.engines.base import worker_pid
+from deploy.door import worker_pid
 from deploy.engines.local import LocalEngine
 from tests.conftest import load_during
 
