@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from deploy.check import streams, streams_report
-from deploy.check.loadcheck import LoadPlan, LoadResult, check_ledgers, run_load
+from deploy.check.loadcheck import LoadPlan, LoadResult, run_load
+from deploy.check.outcome import outcome_of
 from deploy.check.report import summary, write_report
 from deploy.check.streams import StreamsResult
 from deploy.check.timeline import instance_timeline
@@ -80,27 +81,19 @@ def cmd_check(engine: Engine, args: argparse.Namespace) -> int:
         result = run_event_loop(load)
     else:
         result, clients = run_event_loop(streams.alongside(streams_plan, load))
-    ledger = check_ledgers(result, engine.ledgers()) if engine.ledgers() else None
-    print(summary(result, ledger, restart, plan.concurrency))
-    ledgers = engine.ledgers()
-    ws_ledger = streams_report.check_ws_ledgers(clients, ledgers) if clients and ledgers else None
+    outcome = outcome_of(plan, result, restart, clients, engine.ledgers())
+    print(summary(result, outcome.ledger, restart, plan.concurrency))
     if clients is not None:
-        print(streams_report.summary(clients, ws_ledger))
+        print(streams_report.summary(clients, outcome.ws_ledger))
     if args.report:
         timeline = instance_timeline(engine, result.started)
         if clients is not None:
             timeline = sorted(timeline + streams_report.timeline_events(clients), key=lambda e: e.at)
-        written = write_report(Path(args.report), result, ledger, restart, plan, timeline)
-        if clients is not None:
-            streams_report.append_to_report(Path(args.report), clients, ws_ledger, result.started)
+        written = write_report(Path(args.report), outcome, timeline)
         say("report: " + ", ".join(str(path) for path in written))
-    failed = result.failed > 0 or (ledger is not None and not ledger.ok)
-    failed = failed or (clients is not None and not clients.ok)
-    failed = failed or (ws_ledger is not None and not ws_ledger.ok)
     if restart is not None and restart.error:
         say(restart.error)
-        failed = True
-    return 1 if failed else 0
+    return 0 if outcome.ok else 1
 
 
 def run_event_loop(coroutine: Coroutine[Any, Any, T]) -> T:

@@ -7,7 +7,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from deploy.check.loadcheck import LedgerCheck, LoadPlan, LoadResult, Second, percentile
+from deploy.check import streams_report
+from deploy.check.loadcheck import LedgerCheck, LoadResult, Second, percentile
+from deploy.check.outcome import Outcome
 from deploy.model import Event, RestartResult
 
 
@@ -61,19 +63,14 @@ def buckets(result: LoadResult) -> list[dict[str, object]]:
     return rows
 
 
-def write_report(
-    directory: Path,
-    result: LoadResult,
-    ledger: LedgerCheck | None,
-    restart: RestartResult | None,
-    plan: LoadPlan,
-    instance_events: list[Event] | None = None,
-) -> list[Path]:
-    """report.json (every bucket and event), report.md (summary) and timeline.png.
+def write_report(directory: Path, outcome: Outcome, instance_events: list[Event] | None = None) -> list[Path]:
+    """report.json (every bucket and event), report.md (summary) and timeline.png, each
+    written once, the streams' section included.
 
     `instance_events` (from the agents' logs) are the marks on the plot when there are any;
     rollout's own restart events are kept in the JSON and the table either way."""
     directory.mkdir(parents=True, exist_ok=True)
+    result, ledger, restart, plan = outcome.result, outcome.ledger, outcome.restart, outcome.plan
 
     def as_dicts(events: list[Event]) -> list[dict[str, object]]:
         return [
@@ -107,6 +104,10 @@ def write_report(
         "instance_events": marks,
         "seconds": buckets(result),
     }
+    streams = (streams_report.report_data(outcome.clients, outcome.ws_ledger, result.started)
+               if outcome.clients is not None else None)
+    if streams is not None:
+        data["streams"] = streams
     written = [directory / "report.json", directory / "report.md"]
     written[0].write_text(json.dumps(data, indent=1) + "\n")
     lines = [
@@ -136,6 +137,8 @@ def write_report(
     png = directory / "timeline.png"
     plot_timeline(data, png)
     lines += ["![timeline](timeline.png)", ""]
+    if outcome.clients is not None and streams is not None:
+        lines += streams_report.markdown(outcome.clients, outcome.ws_ledger, streams)
     written.append(png)
     written[1].write_text("\n".join(lines))
     return written

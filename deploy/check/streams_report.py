@@ -3,7 +3,6 @@ summary lines, the reconnect bursts and timeline marks, and the report's streams
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -141,15 +140,9 @@ def report_data(result: StreamsResult, ledger: WsLedgerCheck | None, since: floa
     }
 
 
-def append_to_report(directory: Path, result: StreamsResult, ledger: WsLedgerCheck | None,
-                     since: float) -> None:
-    """Add the streams to report.json and report.md that `write_report` wrote in `directory`."""
-    data = report_data(result, ledger, since)
-    path = directory / "report.json"
-    report = json.loads(path.read_text())
-    report["streams"] = data
-    path.write_text(json.dumps(report, indent=1) + "\n")
-    lines = ["", "## Long-lived connections", "", "```", summary(result, ledger), "```", ""]
+def markdown(result: StreamsResult, ledger: WsLedgerCheck | None, data: dict[str, Any]) -> list[str]:
+    """The report's streams section; `data` is `report_data`'s, as report.json has it."""
+    lines = ["## Long-lived connections", "", "```", summary(result, ledger), "```", ""]
     if data["bursts"]:
         lines += ["| t (s) | kind | left | clients | reached | max reconnect ms |",
                   "|---|---|---|---|---|---|"]
@@ -157,5 +150,4 @@ def append_to_report(directory: Path, result: StreamsResult, ledger: WsLedgerChe
                   + ", ".join(f"{k}: {n}" for k, n in sorted(b["reached"].items())) + f" | {b['max_ms']} |"
                   for b in data["bursts"]]
         lines.append("")
-    with (directory / "report.md").open("a") as md:
-        md.write("\n".join(lines))
+    return lines

@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 from deploy.check.loadcheck import LedgerCheck, LoadPlan, LoadResult, Second
+from deploy.check.outcome import Outcome
 from deploy.check.report import summary, write_report
 from deploy.model import Event, RestartResult
 
@@ -30,7 +31,7 @@ def test_report_files(tmp_path: Path) -> None:
     result, restart = sample()
     ledger = LedgerCheck(answered=5, failed=0, processed_once=5, missing=0, duplicated=0, failed_but_processed=0)
     plan = LoadPlan(url="http://127.0.0.1:1/cms", requests=30)
-    written = write_report(tmp_path, result, ledger, restart, plan)
+    written = write_report(tmp_path, Outcome(plan, result, ledger, restart))
     assert {p.name for p in written} == {"report.json", "report.md", "timeline.png"}
     data = json.loads((tmp_path / "report.json").read_text())
     assert [s["t"] for s in data["seconds"]] == [0, 1, 2]  # empty seconds are kept, as zeros
@@ -70,8 +71,27 @@ def test_the_deploys_own_steps_are_marked_beside_the_agents_events(tmp_path: Pat
                        Event(1002.0, "deploy", "watch-failed", "[app4] error share 30.0%"),
                        Event(1002.1, "deploy", "rollback", "1 instance(s) back")]
     agents = [Event(1001.2, "app1", "drain")]
-    write_report(tmp_path, result, None, restart, LoadPlan(url="http://127.0.0.1:1/cms", requests=30), agents)
+    write_report(tmp_path, Outcome(LoadPlan(url="http://127.0.0.1:1/cms", requests=30), result, None, restart), agents)
     data = json.loads((tmp_path / "report.json").read_text())
     assert [(m["instance"], m["event"]) for m in data["instance_events"]] == [
         ("app1", "drain"), ("deploy", "canary"), ("deploy", "watch-failed"), ("deploy", "rollback")]
     assert "| 1.6 | deploy | canary | 5% of the traffic" in (tmp_path / "report.md").read_text()
+
+
+def test_one_outcome_one_writer_the_streams_section_included(tmp_path: Path) -> None:
+    """The streams go into report.json and report.md as they are written, and a stream that
+    lost an echo fails the outcome even with every HTTP request answered."""
+    from deploy.check.streams import Reconnect, StreamsResult, WsTally
+
+    result, restart = sample()
+    result.failures, result.ok = Counter(), 30
+    clients = StreamsResult(ws=[WsTally("ws-1", sent=10, echoed=9, unacked=1)],
+                            reconnects=[Reconnect("ws", "ws-1", 1001.0, 1001.04, "1012", "app1", reached="app2")])
+    plan = LoadPlan(url="http://127.0.0.1:1/cms", requests=30)
+    outcome = Outcome(plan, result, None, restart, clients)
+    write_report(tmp_path, outcome)
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["streams"]["ws_messages"] == 10 and data["streams"]["ws_exactly_once"] is False
+    assert "## Long-lived connections" in (tmp_path / "report.md").read_text()
+    assert not outcome.ok
+    assert Outcome(plan, result, None, restart).ok
