@@ -99,6 +99,7 @@ class Agent:
         self.last_error: dict[str, str] = {}
         self.reload_recent = False  # a HAProxy worker younger than --reload-window was seen
         self.open_at_zero: frozenset[str] | None = None  # the app's connections when sessions hit 0
+        self.own_at_zero = 0  # of them, the current workers' own (the fewest any read said since)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -338,8 +339,12 @@ class Agent:
         # Only those already open when the sessions reached 0: a health check opened since is
         # not a session (HAProxy sends a drained server none), and lasts at most `timeout check`.
         if self.open_at_zero is None:
-            self.open_at_zero = connections
-        return max(0, len(self.open_at_zero & connections) - own)
+            self.open_at_zero, self.own_at_zero = connections, own
+        # Only what the current workers held at 0 is theirs: a connection they open later is
+        # not among those counted, and a read that says more (one answered, as seen once, by
+        # the old worker, whose count includes its own session) must not end the drain.
+        self.own_at_zero = min(self.own_at_zero, own)
+        return max(0, len(self.open_at_zero & connections) - self.own_at_zero)
 
     async def watch_up(self, begun: float) -> None:
         """While READY, say when HAProxy's own check has the server UP, or that it does not."""

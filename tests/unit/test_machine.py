@@ -1066,6 +1066,17 @@ def test_draining_after_a_reload_counts_out_the_workers_own_connections(h: Harne
     assert h.when("app<-SIGTERM") < 1.0  # one more read, for the health check it saw
 
 
+def test_draining_after_a_reload_ignores_a_read_that_claims_the_old_workers_connection(h: Harness) -> None:
+    """Seen in CI: one read, 28 s into a 30 s POST, said the server had a connection of its own
+    (answered by the old worker, whose count includes its session): that must not end the drain."""
+    reloaded(h, uptime=5.0, connections=1, until=30.0)
+    drained, claims = row("DRAIN (agent)"), dataclasses.replace(row("DRAIN (agent)"), conns=1)
+    h.stats[0].answers[DRAINING] = [answer(drained)] * 5 + [answer(claims)] + [answer(drained)]
+
+    assert h.run(lambda agent: stop_when(h, READY)) == 0
+    assert h.when("app<-SIGTERM") >= 30.0
+
+
 def test_draining_after_a_reload_never_waits_on_connections_opened_since(h: Harness) -> None:
     """A health check every read, each on a new connection: never a session of a drained server."""
     reloaded(h, uptime=5.0, connections=0, until=0.0)
