@@ -109,7 +109,12 @@ class ServerStat:
 
 
 def parse_stat_csv(text: str) -> list[ServerStat]:
-    """Server rows (not FRONTEND/BACKEND) of `show stat` or the stats page's `;csv`.
+    """Server rows (not FRONTEND/BACKEND) of `show stat` or the stats page's `;csv`."""
+    return [stat_from_row(row) for row in stat_rows(text) if row["svname"] not in ("FRONTEND", "BACKEND")]
+
+
+def stat_rows(text: str) -> list[dict[str, str]]:
+    """Every row of `show stat` or the stats page's `;csv`, by column name.
 
     Rows end at '\\n' only: a health check's reason phrase may hold a form feed or another
     character that `str.splitlines` would take for a line break.
@@ -120,19 +125,17 @@ def parse_stat_csv(text: str) -> list[ServerStat]:
     header = header_line[2:].rstrip("\r").split(",")
     if header[:2] != ["pxname", "svname"]:
         raise HAProxyParseError(f"stats: unexpected columns {header[:3]!r}")
-    stats = []
+    rows = []
     try:
         for fields in csv.reader(io.StringIO(body, newline="")):
             if not fields:
                 continue
             if len(fields) < len(header) - 1:
                 raise HAProxyParseError(f"stats: truncated row {','.join(fields)[:80]!r}")
-            row = dict(zip(header, fields, strict=False))
-            if row["svname"] not in ("FRONTEND", "BACKEND"):
-                stats.append(stat_from_row(row))
+            rows.append(dict(zip(header, fields, strict=False)))
     except csv.Error as exc:
         raise HAProxyParseError(f"stats: not CSV ({exc})") from None
-    return stats
+    return rows
 
 
 def stat_from_row(row: dict[str, str]) -> ServerStat:

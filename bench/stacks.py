@@ -9,7 +9,6 @@ as its source port. 8785 and 8404 (a user's demo) are never used.
 from __future__ import annotations
 
 import contextlib
-import csv
 import os
 import random
 import shutil
@@ -21,6 +20,8 @@ from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any
 
+from agent.errors import HAProxyError
+from agent.haproxy import stat_rows
 from bench.deployer import REPO_ROOT
 from bench.log import say
 from deploy.engines.base import BACKEND
@@ -65,13 +66,14 @@ def backend_counters(engine: LocalEngine) -> dict[str, int]:
 
 
 def parse_backend_counters(reply: str) -> dict[str, int]:
-    """agent.haproxy's parser keeps server rows only; this reads the one other row the bench needs."""
-    header, _, rows = reply.partition("\n")
-    row = rows.partition("\n")[0]
-    values = dict(zip(header.removeprefix("# ").split(","), next(csv.reader([row]), []), strict=False))
-    if values.get("svname") != "BACKEND":
+    """The backend's own row (agent.haproxy keeps server rows for the deploy; the bench needs this one)."""
+    try:
+        row = next((row for row in stat_rows(reply) if row["svname"] == "BACKEND"), None)
+    except HAProxyError:
+        row = None
+    if row is None:
         raise RolloutError(f"`show stat {BACKEND} 2 -1` has no BACKEND row: {reply[:120]!r}")
-    return {name: int(values.get(name) or 0) for name in COUNTERS}
+    return {name: int(row.get(name) or 0) for name in COUNTERS}
 
 
 def counter_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
