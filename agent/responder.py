@@ -5,17 +5,20 @@ every agent (`agent-check agent-port ... agent-inter ...`), and an agent can onl
 speak for its own server. Nothing the peer sends is used, so there is nothing to exploit;
 a restarted or reloaded HAProxy re-learns every state on its next poll.
 
-In `ready`, the steady state of a serving instance, a poll from a HAProxy that was already
-told `ready` waits up to `hold_s` for the state to change (a long poll): HAProxy learns a
-drain the moment it begins, not at its next poll, and an idle instance costs each HAProxy one
-connection per hold instead of one per `agent-inter`. Every other state is short-lived and
-answered at once, so a HAProxy that has just started (or a worker a plain reload started, with
-its old worker's address and its configuration's idea of the server, UP) learns it on its
-first poll; for `ready` that idea is already right. A HAProxy that does not wait that long (its
-`timeout check` is shorter) closes the connection first; after three such polls in a row its
-address is answered at once. Only polls from a HAProxy's address (its stats URL's host) wait,
-one per address at a time (a HAProxy process never polls one server twice at once), at most
-MAX_HELD in all: anyone else (a probe, a container's health check) is answered at once.
+In `ready`, the steady state of a serving instance, and in `starting`, a poll from a HAProxy
+that was already told that state's reply waits up to `hold_s` for the state to change (a long
+poll): HAProxy learns a drain the moment it begins and a start the moment the app is ready, not
+at its next poll, and an idle instance costs each HAProxy one connection per hold instead of
+one per `agent-inter`. The other states are short-lived and answered at once. A HAProxy that
+has just started learns the state on its first poll (its address was never told). A worker
+that a reload started from the old one's server states (server-state-file, as `rollout
+reload` does) knows it already; a plain reload's worker, with its configuration's idea of the
+server (UP), may learn a `starting` instance's maint up to `hold_s` late, and meanwhile its
+health check takes the server out. A HAProxy that does not wait that long (its `timeout
+check` is shorter) closes the connection first; after three such polls in a row its address
+is answered at once. Only polls from a HAProxy's address (its stats URL's host) wait, one per
+address at a time (a HAProxy process never polls one server twice at once), at most MAX_HELD
+in all: anyone else (a probe, a container's health check) is answered at once.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from collections.abc import Awaitable, Callable
 # What HAProxy does with each reply: `maint` takes the server out (checks go on), `drain`
 # sends it no new request, `ready` lifts both. UP itself is HAProxy's own health check.
 REPLIES = {"starting": "maint", "ready": "ready", "draining": "drain", "stopping": "maint", "exited": "maint"}
-HELD = "ready"
+HELD = ("ready", "starting")  # the states a known poll waits in for a change
 MAX_HELD = 16
 EARLY_CLOSES_OFF = 3
 MAX_PEERS = 1024  # addresses remembered (what each was told); forgotten all at once past this
@@ -67,7 +70,8 @@ class Responder:
         peer = str((writer.get_extra_info("peername") or ("?",))[0])
         try:
             haproxy = self.hold_s > 0 and await self.from_haproxy(peer)  # before the checks: no await between
-            if (haproxy and self.state() == HELD and self.told.get(peer) == REPLIES[HELD]
+            state = self.state()
+            if (haproxy and state in HELD and self.told.get(peer) == REPLIES[state]
                     and self.held < MAX_HELD
                     and peer not in self.holding and self.early_closes.get(peer, 0) < EARLY_CLOSES_OFF):
                 self.held += 1

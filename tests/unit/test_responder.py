@@ -37,20 +37,39 @@ async def poll(responder: Responder, source: str = "127.0.0.1") -> tuple[str, fl
     return line.decode(), time.monotonic() - began
 
 
-def test_ready_is_held_once_told_and_every_other_state_answered_at_once() -> None:
+def test_ready_and_starting_are_held_once_told_and_every_other_state_answered_at_once() -> None:
     async def scenario() -> None:
         box = Box()
         responder = await serving(box)
-        for state, reply in (("starting", "maint\n"), ("draining", "drain\n"), ("stopping", "maint\n")):
+        for state, reply in (("starting", "maint\n"), ("ready", "ready\n")):
+            box.state = state
+            line, took = await poll(responder)  # news: at once
+            assert line == reply and took < HOLD_S / 2
+            line, took = await poll(responder)  # known: at the end of the hold
+            assert line == reply and HOLD_S <= took < HOLD_S + 0.3
+        for state, reply in (("draining", "drain\n"), ("stopping", "maint\n"), ("exited", "maint\n")):
             box.state = state
             for _ in range(2):
                 line, took = await poll(responder)
                 assert (line, took < HOLD_S / 2) == (reply, True)
+        responder.close()
+
+    run(scenario())
+
+
+def test_a_held_start_is_answered_ready_the_moment_the_app_is() -> None:
+    async def scenario() -> None:
+        box = Box()
+        box.state = "starting"
+        responder = await serving(box, hold_s=5)
+        assert (await poll(responder))[0] == "maint\n"
+        held = asyncio.ensure_future(poll(responder))
+        await asyncio.sleep(0.2)
+        assert not held.done()
         box.state = "ready"
-        line, took = await poll(responder)  # news: at once
-        assert line == "ready\n" and took < HOLD_S / 2
-        line, took = await poll(responder)  # known: at the end of the hold
-        assert line == "ready\n" and HOLD_S <= took < HOLD_S + 0.3
+        responder.state_changed()
+        line, took = await held
+        assert line == "ready\n" and 0.2 <= took < 1.0
         responder.close()
 
     run(scenario())
