@@ -19,7 +19,7 @@ import threading
 import time
 import xmlrpc.client
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -36,6 +36,9 @@ from deploy.engines.local_stack import (
 )
 from deploy.engines.processes import pid_alive, port_in_use, processes_of
 from deploy.errors import RolloutError
+
+if TYPE_CHECKING:
+    from deploy.engines.local_haproxy import LocalHAProxy
 
 __all__ = ["IN_USE", "REFERENCE_SERVICE", "LocalEngine", "LocalStack", "app_argv", "haproxy_binary",
            "pid_alive", "port_in_use", "processes_of"]
@@ -146,6 +149,8 @@ class LocalEngine(LocalLayout):
                 raise RolloutError(f"supervisord did not answer on {self.supervisor_socket}")
             time.sleep(0.1)
         self.wait_haproxy(deadline)
+        if not self.stack.blue_green:
+            self.haproxy().park(self.slots()[self.stack.instances:])  # the spares, until a surge takes one
 
     def wait_haproxy(self, deadline: float) -> None:
         """Until HAProxy's admin socket exists, or its own error once it gives up."""
@@ -158,9 +163,12 @@ class LocalEngine(LocalLayout):
             time.sleep(0.05)
 
     def haproxies(self) -> list[HAProxyHandle]:
+        return [self.haproxy()]
+
+    def haproxy(self) -> LocalHAProxy:
         from deploy.engines.local_haproxy import LocalHAProxy
 
-        return [LocalHAProxy(self)]
+        return LocalHAProxy(self)
 
     def down(self) -> None:
         """supervisord stops everything it runs; then whatever still runs from this state
@@ -219,6 +227,7 @@ class LocalEngine(LocalLayout):
                 if time.monotonic() - began > STOP_WAIT_S + 15:
                     raise RolloutError(f"{', '.join(sorted(names))} did not stop within {STOP_WAIT_S + 15}s")
                 time.sleep(0.05)
+        self.haproxy().park([slot for slot in self.slots() if slot.name in names])  # a start unparks
         return [f"{', '.join(sorted(names))}: the stop it began ended in {time.monotonic() - began:.1f}s"]
 
     def check_release(self, version: str | None, env: Mapping[str, str]) -> None:
@@ -260,6 +269,8 @@ class LocalEngine(LocalLayout):
             self.retiring |= names
         try:
             self._stop(names)
+            if not keep:
+                self.haproxy().park([i for i in instances if i.name in names])
         finally:
             with self.slot_lock:
                 self.retiring -= names
@@ -293,6 +304,7 @@ class LocalEngine(LocalLayout):
                 if instance.name in changed or instance.name in added:  # added: a tool killed
                     self.supervisor("addProcessGroup", instance.name)   # between the two calls
                 self.mark_log(instance)
+                self.haproxy().unpark([instance])
                 self.start_now(instance.name)
                 if instance.name in self.written:
                     self.record_release(instance, self.written.pop(instance.name))
