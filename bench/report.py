@@ -52,11 +52,13 @@ USUAL_NOTES = """
 OVERHEAD_NOTES = """
 - overhead = max(0, stop path - in flight still needed) + ready path. 'In flight still needed' is how
   long after the SIGTERM the last request already sent to that instance by then ended, from the strict
-  checker's own timestamps. HAProxy learns of the drain only at its next agent-check (`agent-inter
-  100ms`): what the requests it still sent meanwhile add is overhead. The timestamps are client side:
+  checker's own timestamps. HAProxy learns of the drain when the agent answers its held poll (a long
+  poll, else its next agent-check): what the requests it still sent meanwhile add is overhead. The
+  timestamps are client side:
   on a saturated 2-vCPU box the client sees a request end late, which makes this figure high and the
   overhead low; the upper bound subtracts nothing.
-- ready path: app ready -> back in rotation. HAProxy learns 'ready' at its next agent-check and routes
+- ready path: app ready -> back in rotation. HAProxy learns 'ready' from its held poll (a long poll
+  while starting too) and routes
   to the server as soon as it leaves maintenance ('UP 1/2'); it shows 'UP' (the agent's haproxy.up,
   and what `rolling_restart` waits for) only after its next passing health check. When HAProxy drained
   the server and when it took it back come from the deploy's process, which reads every server's

@@ -247,9 +247,10 @@ def scale_idle(results: dict[str, Any]) -> dict[str, object] | None:
     met = top < IDLE_LIMIT and growth <= GROWTH_SLACK
     measured = (f"{100 * top:.1f}% of a core at {SIZES[-1]}, {100 * low:.1f}% at {SIZES[0]}; per instance "
                 f"{growth:.2f}x at {SIZES[-1]} what it is at {SIZES[0]}")
-    why = "" if met else ("HAProxy's health checks every 200 ms and its agent-checks of the empty surge "
-                          "slots every 100 ms (refused connects); `inter 2s` would cut it to 5.9% at the "
-                          "cost of up to 2 s per new instance's UP: section 8, haproxy.cfg")
+    why = "" if met else ("HAProxy's HTTP health check of each instance every 200 ms (320 a second at "
+                          "64; the free slots are parked, not polled), and each agent's poll every 1.6 s; "
+                          "`inter 2s` would cut it at the cost of up to 2 s per new instance's UP: "
+                          "section 8, haproxy.cfg")
     return {"target": TARGETS["scale_idle"], "measured": measured, "met": met, "why": why}
 
 

@@ -44,8 +44,8 @@ class Trace:
     def in_flight_ms(self, instance: str, at: float) -> float:
         """How long after `at` the last request already sent to `instance` by then ended.
 
-        Requests sent later (HAProxy learns of a drain only at its next agent-check, up to
-        `agent-inter` later) do not count: the time they add is the agent's overhead.
+        Requests sent later (before HAProxy learns of the drain from the agent) do not count:
+        the time they add is the agent's overhead.
         The agents' stamps are truncated to the ms, hence the 1 ms of slack."""
         ends = [s.ended for s in self.spans() if s.instance == instance and s.began <= at + 0.001]
         last = max((end for end in ends if end > at), default=at)
