@@ -94,8 +94,9 @@ def test_app_crash_is_taken_out_at_once_and_failures_stay_bounded(stack_factory)
     # What app1 had in flight is cut and never re-sent (it may have done the work: haproxy.cfg's
     # retry-on); what HAProxy sent it after the crash is a refused connect, which it re-sends
     # elsewhere. A crash is not a planned restart: only the cut kinds fail, at most the load's 60
-    # connections (CI saw 30: 26 closed, 4 502s).
-    assert set(result.failures) <= {"closed without response", "http 502"}, result.failures
+    # connections (CI saw 30: 26 closed, 4 502s; once a response cut midway).
+    assert set(result.failures) <= {"closed without response", "truncated response", "http 502"}, \
+        result.failures
     assert result.failed <= 60, result.failures
     wait_ready(engine, app1, "v1", 30)  # supervisor restarts the agent; it comes back UP
 
