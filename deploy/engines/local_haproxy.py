@@ -16,8 +16,6 @@ from deploy.statefile import write_atomic
 if TYPE_CHECKING:
     from deploy.engines.local import LocalEngine
 
-AGENT_ENABLED = 0x04  # CHK_ST_ENABLED, in `show servers state`'s srv_agent_state
-
 
 class LocalHAProxy:
     """The stack's HAProxy under supervisor: its admin socket (mode 600), its files, its master
@@ -61,22 +59,11 @@ class LocalHAProxy:
                              f"disable agent {slot.backend}/{slot.name}")
 
     def unpark(self, slots: list[Instance]) -> None:
-        """Only a parked slot: a slot its agent took out (maint) stays out until its new agent
-        says ready, never `ready` from us before its app listens."""
+        """Its agent is polled again; the slot stays in maintenance until the new agent says
+        `ready` (an agent's answer lifts it). Setting it ready here would put it back UP on its
+        old check result before its app listens (CI saw 42 requests answered 503)."""
         for slot in slots:
-            if self.parked(slot):
-                self.runtime_api(f"enable agent {slot.backend}/{slot.name}",
-                                 f"set server {slot.backend}/{slot.name} state ready")
-
-    def parked(self, slot: Instance) -> bool:
-        """Its agent-check is off (`show servers state`: srv_agent_state without CHK_ST_ENABLED)."""
-        lines = self.command(f"show servers state {slot.backend}").splitlines()
-        header = next((line.lstrip("# ").split() for line in lines if line.startswith("# ")), [])
-        for line in lines:
-            fields = line.split()
-            if "srv_agent_state" in header and len(fields) == len(header) and fields[3] == slot.name:
-                return not int(fields[header.index("srv_agent_state")]) & AGENT_ENABLED
-        raise RolloutError(f"HAProxy has no server {slot.backend}/{slot.name} (show servers state)")
+            self.runtime_api(f"enable agent {slot.backend}/{slot.name}")
 
     def runtime_api(self, *commands: str) -> None:
         for command in commands:
