@@ -25,15 +25,20 @@ from deploy.cli_stack import MUTATING, history_of, lock_path, make_engine
 from deploy.cli_status import cmd_status
 from deploy.core.analysis import Thresholds
 from deploy.core.plan import Plan, Repair
-from deploy.engines.base import Engine, Release
-from deploy.engines.swarm import SwarmEngine
+from deploy.engines.base import (
+    Engine,
+    InstanceEngine,
+    Release,
+    SelfUpdatingEngine,
+    by_instance,
+    self_updating,
+)
 from deploy.errors import RolloutError
 from deploy.history import table
 from deploy.lock import deploy_lock
 from deploy.model import Event, RestartResult
 from deploy.strategies import bluegreen
 from deploy.strategies.rolling import batch_size, run_plan, wait_ready
-from deploy.strategies.service_update import service_update
 
 T = TypeVar("T")
 
@@ -82,24 +87,17 @@ def make_plan(args: argparse.Namespace, version: str | None, env: dict[str, str]
 
 def run_restart(engine: Engine, args: argparse.Namespace, env: dict[str, str],
                 version: str | None = None) -> RestartResult:
-    """Every instance restarted or deployed, the engine's way: on Swarm, Swarm's own rolling
-    update (--surge: start-first; --max-unavailable: its parallelism; its monitor and rollback
-    are the stack file's); elsewhere our rules (deploy.core.deploy). A deploy is recorded in
-    the stack's history."""
+    """Every instance restarted or deployed, the engine's way: where the engine updates itself
+    (Swarm), its own rolling update (--surge: start-first; --max-unavailable: its parallelism;
+    --watch-for: its monitor; --no-rollback: pause instead of its rollback); elsewhere our rules
+    (deploy.core.deploy). A deploy is recorded in the stack's history."""
     version = version or getattr(args, "version", None)
     engine.check_release(version, env)
-    if isinstance(engine, SwarmEngine):
-        given = [flag for flag in watch_flags_given(args) if flag != "--watch-for"]
-        if given:
-            raise RolloutError(f"{', '.join(given)}: not on Swarm, whose own update watches each task "
-                               "for --watch-for (its monitor) and rolls back (its failure_action)",
-                               exit_code=2)
-        parallelism = (batch_size(args.max_unavailable, engine.replicas())
-                       if args.max_unavailable != "1" else None)
-        return service_update(engine, version, env, args.restart_timeout, print_event,
-                              order="start-first" if args.surge else None, parallelism=parallelism,
-                              monitor=getattr(args, "watch_for", None),
-                              failure_action="pause" if getattr(args, "no_rollback", False) else None)
+    if self_updating(engine):
+        return own_update(engine, args, env, version)
+    if not by_instance(engine):
+        raise RolloutError(f"the {engine.name} engine neither updates itself nor lets rollout replace "
+                           "its instances", exit_code=2)
     plan = make_plan(args, version, env)
     history = history_of(engine, args)
     instances = engine.instances()
@@ -131,6 +129,20 @@ def run_restart(engine: Engine, args: argparse.Namespace, env: dict[str, str],
     outcome = "ok" if result.error is None else "rolled-back" if result.rolled_back else "halted"
     history.end(entry, outcome, result.error or "")
     return result
+
+
+def own_update(engine: SelfUpdatingEngine, args: argparse.Namespace, env: dict[str, str],
+               version: str | None) -> RestartResult:
+    given = [flag for flag in watch_flags_given(args) if flag != "--watch-for"]
+    if given:
+        raise RolloutError(f"{', '.join(given)}: not on {engine.name}, whose own update watches each "
+                           "instance for --watch-for and rolls back by itself", exit_code=2)
+    parallelism = (batch_size(args.max_unavailable, engine.replicas())
+                   if args.max_unavailable != "1" else None)
+    return engine.update(version, env, args.restart_timeout, print_event,
+                         order="start-first" if args.surge else None, parallelism=parallelism,
+                         monitor=getattr(args, "watch_for", None),
+                         failure_action="pause" if getattr(args, "no_rollback", False) else None)
 
 
 def print_event(event: Event) -> None:
@@ -193,28 +205,19 @@ def cmd_restart(engine: Engine, args: argparse.Namespace, version: str | None = 
 
 
 def cmd_undo(engine: Engine, args: argparse.Namespace) -> int:
-    if isinstance(engine, SwarmEngine):
-        return swarm_undo(engine, args)
+    if self_updating(engine):  # its orchestrator keeps the spec before the last update
+        if watch_flags_given(args) or args.no_rollback:
+            raise RolloutError(f"undo on {engine.name} is its own rollback: it takes no watch flags",
+                               exit_code=2)
+        began = time.monotonic()
+        result = engine.undo(args.restart_timeout, print_event)
+        if result.error:
+            raise RolloutError(result.error)
+        say(f"undo done in {time.monotonic() - began:.1f}s")
+        return 0
     entry, release = history_of(engine, args).undo_target()
     say(f"undo #{entry.number} ({entry.release}): back to {release}")
     return cmd_restart(engine, args, release.version, dict(release.env))
-
-
-def swarm_undo(engine: SwarmEngine, args: argparse.Namespace) -> int:
-    """Swarm keeps the spec before the last update (version and environment): its own
-    `docker service rollback` is the undo, watched as an update is."""
-    if watch_flags_given(args) or args.no_rollback:
-        raise RolloutError("undo on Swarm is Swarm's own rollback: it takes no watch flags", exit_code=2)
-    version = engine.previous_version()
-    if version is None:
-        raise RolloutError(f"nothing to undo: {engine.full_name('app')} has no previous spec")
-    say(f"undo: Swarm's rollback of {engine.full_name('app')} to its previous spec ({version})")
-    began = time.monotonic()
-    result = service_update(engine, version, {}, args.restart_timeout, print_event, undo=True)
-    if result.error:
-        raise RolloutError(result.error)
-    say(f"undo done in {time.monotonic() - began:.1f}s")
-    return 0
 
 
 def cmd_history(engine: Engine, args: argparse.Namespace) -> int:
@@ -227,22 +230,22 @@ def cmd_history(engine: Engine, args: argparse.Namespace) -> int:
 
 
 def cmd_switch(engine: Engine, args: argparse.Namespace) -> int:
-    require_blue_green(engine)
-    bluegreen.switch(engine, args.color, say, args.drain_timeout)
+    bluegreen.switch(blue_green(engine), args.color, say, args.drain_timeout)
     return 0
 
 
 def cmd_release(engine: Engine, args: argparse.Namespace) -> int:
-    require_blue_green(engine)
+    pools = blue_green(engine)
     plan = make_plan(args, args.version, parse_env(args.env))
-    bluegreen.release(engine, args.version, plan.env, args.restart_timeout, print_event, say,
+    bluegreen.release(pools, args.version, plan.env, args.restart_timeout, print_event, say,
                       watch_s=plan.watch_s, thresholds=plan.thresholds, switch_back=plan.rollback)
     return 0
 
 
-def require_blue_green(engine: Engine) -> None:
-    if not engine.blue_green:
+def blue_green(engine: Engine) -> InstanceEngine:
+    if not engine.blue_green or not by_instance(engine):
         raise RolloutError("this stack has one pool; start it with `rollout up --blue-green`", exit_code=2)
+    return engine
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from deploy.cli_stack import history_of, lock_path
-from deploy.engines.base import Engine, read_stats
+from deploy.engines.base import Engine, by_instance, read_stats
 from deploy.errors import RolloutError
 from deploy.lock import holder
 from deploy.strategies import bluegreen
@@ -32,7 +32,7 @@ def snapshot(engine: Engine, args: argparse.Namespace) -> dict[str, Any]:
         print(f"rollout: {exc}", file=sys.stderr)
     if last and last[0].result == "running" and not state["deploying"]:
         state["interrupted"] = f"#{last[0].number} ({last[0].action} {last[0].release})"
-    if engine.blue_green:
+    if engine.blue_green and by_instance(engine):
         state["active"] = bluegreen.active_color(engine)
         state["map_file"] = bluegreen.file_color(engine)
     state["instances"] = []

@@ -7,15 +7,16 @@ import re
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeGuard
 
 from agent.errors import HAProxyError
 from agent.haproxy import ServerStat, StatsPage
 from deploy.errors import RolloutError
-from deploy.model import BACKEND, Instance, Release
+from deploy.model import BACKEND, Event, Instance, Release, RestartResult
 
-__all__ = ["BACKEND", "Engine", "Finished", "HAProxyHandle", "InThread", "Instance", "Release", "check_env",
-           "check_version", "read_stats"]
+__all__ = ["BACKEND", "Engine", "Finished", "HAProxyHandle", "InThread", "Instance", "InstanceEngine",
+           "Release", "SelfUpdatingEngine", "by_instance", "check_env", "check_version", "read_stats",
+           "self_updating"]
 # A version is an image tag in compose: the same rule as Docker's (and deploy.sh's).
 VERSION = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -107,6 +108,10 @@ class Engine(Protocol):
     """A stack that `rollout` can start, inspect and restart; every command takes one of these."""
 
     name: str  # the --engine value: local, docker or swarm
+    # Declared, never faked: True where an orchestrator replaces the instances itself (Swarm: its
+    # own rolling update, monitor and rollback), so that the instance-by-instance commands of an
+    # InstanceEngine do not exist and the CLI refuses what needs them in one line.
+    updates_itself: bool
 
     @property
     def root(self) -> Path:
@@ -116,14 +121,6 @@ class Engine(Protocol):
     @property
     def blue_green(self) -> bool:
         """Whether this is the two-pool stack (blue1 blue2 green1 green2 behind a map switch)."""
-
-    @property
-    def color_map(self) -> Path:
-        """Blue/green only: the map file as rollout writes it (on this machine)."""
-
-    @property
-    def color_map_ref(self) -> str:
-        """Blue/green only: the map as HAProxy names it (its path inside HAProxy's container, if any)."""
 
     def haproxy_command(self, line: str) -> str:
         """One command on HAProxy's Runtime API (never published); HAProxy's answer. The first
@@ -150,41 +147,9 @@ class Engine(Protocol):
 
     def frontend_url(self) -> str: ...
 
-    def replace(
-        self, instances: list[Instance], version: str | None, env: Mapping[str, str]
-    ) -> list[Instance]:
-        """Stop-first: stop the instances together (SIGTERM: each agent drains its server; then
-        SIGKILL after the grace period) and start their replacements, with a new version and
-        extra environment when given. Returns the replacements (a container gets a new name
-        and address) once started; they may not be ready yet."""
-
-    def add(self, instances: list[Instance], version: str | None, env: Mapping[str, str]) -> list[Instance]:
-        """Surge: one new instance beside each of `instances`, in its backend (a spare slot, one
-        more container); returns them once started, maybe not ready yet."""
-
-    def retire(self, instances: list[Instance]) -> None:
-        """Stop the instances together, each draining first, and wait until all are gone."""
-
     @property
     def stack_id(self) -> str:
         """The stack's name among others of its engine (compose project, Swarm stack)."""
-
-    def start_retire(self, instances: list[Instance]) -> InThread | Finished:
-        """retire(), in the background where the engine allows it (the local engine: a surge's
-        next batch boots while the last one drains; compose counts containers to scale, so
-        there it finishes before returning)."""
-
-    def release_of(self, instance: Instance) -> Release | None:
-        """The version and extra environment this engine started the instance with (None: not
-        known), so that a rollback puts back exactly that."""
-
-    def incarnations(self, instances: list[Instance]) -> Mapping[str, str]:
-        """An id per process or container life (a restart changes it); instances the engine
-        cannot tell about are left out."""
-
-    def settle(self) -> list[str]:
-        """After a deploy the tool did not live to finish: let the stops it began end and remove
-        what it left half-done (a stopped container); one line per thing done."""
 
     def check_release(self, version: str | None, env: Mapping[str, str]) -> None:
         """Refuse in one line, before anything is recorded or changed, a version or environment
@@ -206,3 +171,73 @@ class Engine(Protocol):
 
     def log_tail(self, instance: Instance, lines: int = 20) -> str:
         """The instance's last log lines, shown when it fails to come up."""
+
+
+class InstanceEngine(Engine, Protocol):
+    """An engine our rules drive one instance at a time (deploy.core.deploy): local, docker."""
+
+    @property
+    def color_map(self) -> Path:
+        """Blue/green only: the map file as rollout writes it (on this machine)."""
+
+    @property
+    def color_map_ref(self) -> str:
+        """Blue/green only: the map as HAProxy names it (its path inside HAProxy's container, if any)."""
+
+    def replace(
+        self, instances: list[Instance], version: str | None, env: Mapping[str, str]
+    ) -> list[Instance]:
+        """Stop-first: stop the instances together (SIGTERM: each agent drains its server; then
+        SIGKILL after the grace period) and start their replacements, with a new version and
+        extra environment when given. Returns the replacements (a container gets a new name
+        and address) once started; they may not be ready yet."""
+
+    def add(self, instances: list[Instance], version: str | None, env: Mapping[str, str]) -> list[Instance]:
+        """Surge: one new instance beside each of `instances`, in its backend (a spare slot, one
+        more container); returns them once started, maybe not ready yet."""
+
+    def retire(self, instances: list[Instance]) -> None:
+        """Stop the instances together, each draining first, and wait until all are gone."""
+
+    def start_retire(self, instances: list[Instance]) -> InThread | Finished:
+        """retire(), in the background where the engine allows it (the local engine: a surge's
+        next batch boots while the last one drains; compose counts containers to scale, so
+        there it finishes before returning)."""
+
+    def release_of(self, instance: Instance) -> Release | None:
+        """The version and extra environment this engine started the instance with (None: not
+        known), so that a rollback puts back exactly that."""
+
+    def incarnations(self, instances: list[Instance]) -> Mapping[str, str]:
+        """An id per process or container life (a restart changes it); instances the engine
+        cannot tell about are left out."""
+
+    def settle(self) -> list[str]:
+        """After a deploy the tool did not live to finish: let the stops it began end and remove
+        what it left half-done (a stopped container); one line per thing done."""
+
+
+class SelfUpdatingEngine(Engine, Protocol):
+    """An engine whose orchestrator rolls a release out itself and keeps the spec before it."""
+
+    def replicas(self) -> int: ...
+
+    def update(self, version: str | None, env: Mapping[str, str], timeout_s: float,
+               report: Callable[[Event], None], *, order: str | None = None, parallelism: int | None = None,
+               monitor: float | None = None, failure_action: str | None = None) -> RestartResult:
+        """Its own rolling update to `version` (None: the running one again), watched until every
+        instance serves it and is UP in every HAProxy, or until it rolled back (the result's error).
+        `order`, `parallelism`, `monitor` and `failure_action`: rollout's --surge, --max-unavailable,
+        --watch-for and --no-rollback in the orchestrator's terms; None keeps the stack's."""
+
+    def undo(self, timeout_s: float, report: Callable[[Event], None]) -> RestartResult:
+        """Its own return to the spec before the last update, watched as an update is; refused in
+        one line when it has none."""
+
+
+def by_instance(engine: Engine) -> TypeGuard[InstanceEngine]:
+    return not engine.updates_itself
+
+
+def self_updating(engine: Engine) -> TypeGuard[SelfUpdatingEngine]:
+    return engine.updates_itself

@@ -49,6 +49,7 @@ __all__ = ["APP_PORT", "BLUEGREEN_FILE", "COMPOSE_FILE", "ComposeProject", "Dock
 
 class DockerEngine(ComposeAccess):
     name = "docker"
+    updates_itself = False  # an InstanceEngine: our rules replace its containers
 
     def instances(self) -> list[Instance]:
         """Every container of the app service(s), oldest first: running ones, and stopped ones

@@ -51,6 +51,7 @@ IN_USE = ("STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL")
 
 class LocalEngine(LocalLayout):
     name = "local"
+    updates_itself = False  # an InstanceEngine: our rules replace its processes
 
     def __init__(self, stack: LocalStack) -> None:
         super().__init__(stack)

@@ -6,11 +6,11 @@ HAProxies, `haproxy-a` and `haproxy-b`, each publishing its frontend and stats i
 An instance is a task; HAProxy knows it by its address on the stack's overlay network, as its
 agent does.
 
-Swarm replaces tasks itself, so there is no per-instance restart here: `replace`, `add` and
-`retire` refuse, and a restart is Swarm's own rolling update (`docker service update`), run
-and watched by deploy.strategies.service_update. What Swarm does on a task's stop, and why
-the stack holds an address that left the DNS (HAPROXY_DNS_HOLD_OBSOLETE), is in
-docs/swarm.md.
+Swarm replaces tasks itself, so this is a SelfUpdatingEngine (engines/base.py): it has no
+per-instance restart (a task stopped by hand is replaced at once), and a restart is Swarm's own
+rolling update (`docker service update`), run and watched by swarm_update.py. What Swarm does
+on a task's stop, and why the stack holds an address that left the DNS
+(HAPROXY_DNS_HOLD_OBSOLETE), is in docs/swarm.md.
 
 Everything goes through the `docker` CLI (so DOCKER_HOST and contexts apply). What needs a
 container (`docker exec`: a version, HAProxy's Runtime API, a reload) works for the tasks on
@@ -21,10 +21,10 @@ logs`, and HAProxies elsewhere are reloaded on their own nodes (docs/swarm.md).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from deploy.engines.base import Finished, Instance, Release, check_version
+from deploy.engines.base import Instance, check_version
 from deploy.engines.swarm_access import SwarmAccess
 from deploy.engines.swarm_model import (
     APP,
@@ -42,7 +42,9 @@ from deploy.engines.swarm_model import (
     timestamp,
     up_everywhere,
 )
+from deploy.engines.swarm_update import service_update
 from deploy.errors import RolloutError
+from deploy.model import Event, RestartResult
 
 __all__ = ["APP", "HAPROXIES", "LIVE", "SwarmEngine", "Task", "UpdateStatus", "check_slot_budget",
            "up_everywhere"]
@@ -51,18 +53,11 @@ class SwarmEngine(SwarmAccess):
     """`rollout --engine swarm`: the stack `stack` (ZDH_STACK, default zdh) from deploy/stack.yml."""
 
     name = "swarm"
+    updates_itself = True  # a SelfUpdatingEngine: no replace, add or retire by hand
 
     @property
     def blue_green(self) -> bool:
         return False
-
-    @property
-    def color_map(self) -> Path:
-        raise RolloutError("the swarm stack has one pool (no blue/green)", exit_code=2)
-
-    @property
-    def color_map_ref(self) -> str:
-        raise RolloutError("the swarm stack has one pool (no blue/green)", exit_code=2)
 
     def instances(self) -> list[Instance]:
         """The app's tasks that run (or start), oldest first, and those that stopped since this
@@ -143,10 +138,6 @@ class SwarmEngine(SwarmAccess):
             time.sleep(0.5)
         self._published.clear()
 
-    def settle(self) -> list[str]:
-        """Nothing to do: Swarm's manager carries on an update after the client is gone."""
-        return []
-
     def check_release(self, version: str | None, env: Mapping[str, str]) -> None:
         if version is not None:
             check_version(version)
@@ -204,26 +195,23 @@ class SwarmEngine(SwarmAccess):
             return f"(no logs: {exc})"
         return out.rstrip() or f"(no logs for {instance.name})"
 
-    def replace(
-        self, instances: list[Instance], version: str | None, env: Mapping[str, str]
-    ) -> list[Instance]:
-        raise self.not_by_hand()
-
-    def add(self, instances: list[Instance], version: str | None, env: Mapping[str, str]) -> list[Instance]:
-        raise self.not_by_hand()
-
-    def retire(self, instances: list[Instance]) -> None:
-        raise self.not_by_hand()
-
     @property
     def stack_id(self) -> str:
         return self.stack
 
-    def start_retire(self, instances: list[Instance]) -> Finished:
-        raise self.not_by_hand()
+    def update(self, version: str | None, env: Mapping[str, str], timeout_s: float,
+               report: Callable[[Event], None], *, order: str | None = None, parallelism: int | None = None,
+               monitor: float | None = None, failure_action: str | None = None) -> RestartResult:
+        return service_update(self, version, env, timeout_s, report, order=order, parallelism=parallelism,
+                              monitor=monitor, failure_action=failure_action)
 
-    def release_of(self, instance: Instance) -> Release | None:
-        return None  # Swarm keeps the previous spec itself: its rollback restores it
+    def undo(self, timeout_s: float, report: Callable[[Event], None]) -> RestartResult:
+        """`docker service rollback`: Swarm keeps the spec before the last update (its version
+        and environment)."""
+        version = self.previous_version()
+        if version is None:
+            raise RolloutError(f"nothing to undo: {self.full_name(APP)} has no previous spec")
+        return service_update(self, version, {}, timeout_s, report, undo=True)
 
     def previous_version(self) -> str | None:
         """SERVICE_VERSION of the spec Swarm would go back to (`docker service rollback`)."""
@@ -234,12 +222,3 @@ class SwarmEngine(SwarmAccess):
             if key == "SERVICE_VERSION":
                 return value or None
         return None
-
-    def incarnations(self, instances: list[Instance]) -> dict[str, str]:
-        return {}  # a task that fails is a new task (a new name): Swarm's monitor counts it
-
-    @staticmethod
-    def not_by_hand() -> RolloutError:
-        return RolloutError("on Swarm a restart is Swarm's own rolling update (`rollout --engine swarm "
-                            "restart` runs `docker service update`); Swarm would replace a task "
-                            "stopped by hand at once", exit_code=2)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from deploy.colormap import COLORS, MAP_KEY, read_map, write_map
 from deploy.core.analysis import Thresholds
 from deploy.core.watch import Watch
-from deploy.engines.base import Engine, Instance
+from deploy.engines.base import Instance, InstanceEngine
 from deploy.errors import RolloutError
 from deploy.strategies.rolling import Event, read_servers, rolling_restart, row_of
 
@@ -42,11 +42,11 @@ def check_color(color: str) -> str:
     return color
 
 
-def file_color(engine: Engine) -> str:
+def file_color(engine: InstanceEngine) -> str:
     return read_map(engine.color_map)
 
 
-def active_color(engine: Engine) -> str:
+def active_color(engine: InstanceEngine) -> str:
     """What HAProxy uses now (`show map`), which a restart would replace by the file's."""
     reply = engine.haproxy_command(f"show map {engine.color_map_ref}")
     for line in reply.splitlines():
@@ -59,7 +59,7 @@ def active_color(engine: Engine) -> str:
 
 
 def switch(
-    engine: Engine, color: str, say: Callable[[str], None], drain_timeout_s: float = 60.0
+    engine: InstanceEngine, color: str, say: Callable[[str], None], drain_timeout_s: float = 60.0
 ) -> SwitchResult:
     check_color(color)
     # Every server of the pool that has an address (compose: the slots DNS filled) must be UP,
@@ -118,7 +118,7 @@ def switch(
 
 
 def release(
-    engine: Engine,
+    engine: InstanceEngine,
     version: str,
     env: Mapping[str, str],
     timeout_s: float,
@@ -146,7 +146,7 @@ def release(
     return switched
 
 
-def watch_pool(engine: Engine, watch: Watch, pool: list[Instance], watch_s: float,
+def watch_pool(engine: InstanceEngine, watch: Watch, pool: list[Instance], watch_s: float,
                say: Callable[[str], None], back_to: str | None) -> None:
     """The new pool, watched for `watch_s` after the switch; a failure switches to `back_to`."""
     stats = read_servers(engine)

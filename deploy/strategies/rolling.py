@@ -11,7 +11,7 @@ from deploy.core.deploy import deploy
 from deploy.core.plan import Plan, batch_size, row_of
 from deploy.core.seams import Fleet, RealClock
 from deploy.door import HAProxyDoor
-from deploy.engines.base import Engine, Instance, read_stats
+from deploy.engines.base import Engine, Instance, InstanceEngine, read_stats
 from deploy.errors import RolloutError
 from deploy.model import Event, RestartResult
 
@@ -50,13 +50,13 @@ def wait_ready(engine: Engine, instance: Instance, version: str | None, timeout_
     )
 
 
-def run_plan(engine: Engine, plan: Plan, report: Callable[[Event], None]) -> RestartResult:
+def run_plan(engine: InstanceEngine, plan: Plan, report: Callable[[Event], None]) -> RestartResult:
     fleet: Fleet = engine
     return deploy(plan, fleet, HAProxyDoor(engine), RealClock(), report)
 
 
 def rolling_restart(
-    engine: Engine,
+    engine: InstanceEngine,
     version: str | None,
     env: Mapping[str, str],
     timeout_s: float,

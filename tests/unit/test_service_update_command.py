@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from deploy.errors import RolloutError
-from deploy.strategies.service_update import update_command
+from deploy.engines.swarm_update import update_command
 
 
 class Stack:

@@ -1,6 +1,6 @@
-"""A restart on Swarm: Swarm's own rolling update (`docker service update`), watched.
+"""Swarm's own rolling update (`docker service update`), watched: SwarmEngine.update and .undo.
 
-rolling_restart drives each instance itself: stop it, start its replacement, wait until UP. On
+Our rules (deploy.core.deploy) drive each instance themselves: stop, start, wait until UP. On
 Swarm that is the orchestrator's job (a task stopped by hand is replaced at once), so a restart
 here is one `docker service update --force` of the app service, with the new image and
 SERVICE_VERSION, and Swarm does the rest by the service's update_config (deploy/stack.yml):
@@ -21,12 +21,16 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from agent.haproxy import ServerStat
 from deploy.engines.base import BACKEND, check_version, read_stats
-from deploy.engines.swarm import APP, LIVE, SwarmEngine, Task, UpdateStatus, check_slot_budget, up_everywhere
+from deploy.engines.swarm_model import APP, LIVE, Task, UpdateStatus, check_slot_budget, up_everywhere
 from deploy.errors import RolloutError
-from deploy.strategies.rolling import Event, RestartResult
+from deploy.model import Event, RestartResult
+
+if TYPE_CHECKING:  # swarm.py calls this module: its engine is only named here
+    from deploy.engines.swarm import SwarmEngine
 
 POLL_S = 0.2
 ORDERS = ("start-first", "stop-first")
