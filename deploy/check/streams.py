@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import json
 import random
 import time
@@ -37,9 +38,15 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from deploy.check.sse import SseProtocol
-from service.streams import event_value
 
 T = TypeVar("T")
+
+
+def expected_value(n: int) -> str:
+    """Event n's payload as the stream protocol fixes it (service/streams.py serves it; a unit
+    test pins the two together): the same on every instance, so a stream can resume anywhere."""
+    return hashlib.sha256(f"event {n}".encode()).hexdigest()[:16]
+
 RECONNECT_BUDGET_S = 1.0  # the promise: every client is back within 1 s of its close
 RETRY_PAUSE_S = 0.05  # between failed attempts (a refused connect, a 503)
 # Codes a server sends to say "reconnect": 1012 service restart, 1001 going away.
@@ -309,7 +316,7 @@ async def sse_client(plan: StreamsPlan, index: int, stop: asyncio.Event, result:
                 if reconnect is not None and not reconnect.reached:
                     reconnect.reached = instance
                 result.instances[instance] += 1
-                if data.get("n") != n or data.get("value") != event_value(n):
+                if data.get("n") != n or data.get("value") != expected_value(n):
                     tally.bad_values += 1
                 if n <= tally.last_id:
                     tally.repeats += 1

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from deploy.errors import RolloutError
 from deploy.engines.swarm_update import update_command
+from deploy.errors import RolloutError
 
 
 class Stack:

@@ -21,7 +21,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from deploy.check.sse import SseDecoder
-from deploy.check.streams import Reconnect, StreamsPlan, StreamsResult, WsTally
+from deploy.check.streams import Reconnect, StreamsPlan, StreamsResult, WsTally, expected_value
 from deploy.check.streams_report import bursts, check_ws_ledgers, summary, timeline_events
 from service.config import ServiceConfig
 from service.server import DrainingServer, build_server
@@ -32,6 +32,8 @@ from service.streams import event_value, format_event, parse_last_event_id, pars
 
 def test_events_are_one_deterministic_sequence_any_instance_can_continue() -> None:
     assert event_value(7) == event_value(7) != event_value(8)
+    # the checker's expectation is its own (deploy/ imports no service/ code), and the same
+    assert [expected_value(n) for n in range(100)] == [event_value(n) for n in range(100)]
     text = format_event(42, {"instance": "app2", "version": "v1"})
     decoder = SseDecoder()
     [event] = decoder.feed(text.encode())
