@@ -13,9 +13,8 @@ import subprocess
 import sys
 
 from bench.deployer import REPO_ROOT
-from bench.log import say
+from bench.log import describe, say
 from bench.measure import Context, LoadSpec, idle_deploy, measure, order
-from bench.original import describe
 from bench.stacks import Stacks, StackSpec, instance_memory
 
 KEY = "agent"

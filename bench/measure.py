@@ -140,16 +140,22 @@ def measure(engine: LocalEngine, load: LoadSpec, *, strategy: str | None = None,
         "load_average_1m": load_average,
     }
     if timing is not None:
+        record |= deploy_fields(engine, timing, started, ended)
         began, finished = timing.get("began"), timing.get("ended")
-        record["deploy"] = timing
-        record["covered"] = (isinstance(began, float) and isinstance(finished, float)
-                             and started <= began and finished <= ended)
-        record["versions_after"] = versions(engine)
         if engine.stack.agent and isinstance(began, float):
             until = finished if isinstance(finished, float) else ended
             costs = deploy_costs(engine, timing, began - 1, until + 1, trace)
             record["agent_costs"] = [cost.as_dict() for cost in costs]
     return record
+
+
+def deploy_fields(engine: LocalEngine, timing: dict[str, object], started: float,
+                  ended: float) -> dict[str, object]:
+    """The deploy's timing, whether the load covered all of it, and the versions it left."""
+    began, finished = timing.get("began"), timing.get("ended")
+    return {"deploy": timing, "versions_after": versions(engine),
+            "covered": (isinstance(began, float) and isinstance(finished, float)
+                        and started <= began and finished <= ended)}
 
 
 def idle_deploy(engine: LocalEngine, version: str) -> dict[str, object]:

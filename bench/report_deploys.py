@@ -6,24 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from bench.report_format import deploy_seconds, header, posts_ok, prose, table
+from bench.report_format import deploy_seconds, header, notes, posts_ok, table
 from bench.summary import Record, median, pick, spread, where
-
-SURGE_NOTES = """
-- (a) req/s and p99 'during' are over the deploy's own seconds (first restart -> last old instance
-  stopped); 'steady' over the same seconds, counted from the load's start, of a run without a deploy
-  just before on the same stack. 2 s requests from workers that start together come in waves, so only
-  the same offsets compare. Each server takes at most 32 requests at once (`maxconn 32`, the rest
-  queue in HAProxy): its capacity, not this box's CPU, limits throughput, as on a real fleet.
-  A surge goes above its steady rate while a new instance and the old one both serve (4 x 32 slots);
-  stop-first drops while one of the 3 is away.
-- (b) boot + warm-up: from a step's start (its `restart` event) to its new instance's app answering
-  ready (the agent's app.ready), per instance, in the same run; the bound is 3 x its median + 2.5 s.
-  A surge step's old instance drains while the next step boots; the deploy ends when the last old
-  instance has drained its 2 s requests and stopped.
-- (c) surge with `--max-unavailable 3`: 3 new instances start together, and 3 old ones drain once
-  those are UP; steps = ceil(N / 3).
-"""
 
 
 def window(records: Sequence[Record], which: str, key: str, digits: int = 0) -> str:
@@ -77,19 +61,7 @@ def surge_part(data: dict[str, Any]) -> list[str]:
                      spread(pick(chosen, "load", "p99_ms"), 1), posts_ok(chosen)))
     lines += table(["instances", "runs", "steps", "deploy s", "s per step", "requests", "failed", "p99 ms",
                     "POSTs exactly once"], scale_rows)
-    return lines + prose(SURGE_NOTES)
-
-
-STREAMS_NOTES = """
-- The agents run with `DRAIN_AGENT_DRAIN_NOTIFY=SIGUSR1`: once HAProxy sends an instance no new
-  work, its agent signals the app, which closes each WebSocket with 1012 after the message in flight
-  and ends each event stream; the clients reconnect through HAProxy at once. Reconnect: from the
-  close frame (or the stream's end) to the next connection open, per client, client side.
-- Exactly once: every WebSocket seq echoed once (client side) and recorded once in the instances'
-  ledgers (server side); every SSE id the previous + 1.
-- Deploy s: the same rolling restart (stop-first, one at a time) of the same stack, with and without
-  the clients, in turn within each run; the ratio is paired within a run.
-"""
+    return lines + notes("surge")
 
 
 def streams_part(data: dict[str, Any]) -> list[str]:
@@ -114,20 +86,7 @@ def streams_part(data: dict[str, Any]) -> list[str]:
     lines += table(["clients", "runs", "deploy s", "HTTP requests", "HTTP failed", "WS messages",
                     "SSE events", "exactly once, in order", "reconnects", "WS reconnect ms p50 / max",
                     "SSE reconnect ms p50 / max", "reconnects over 1 s"], rows)
-    return lines + prose(STREAMS_NOTES)
-
-
-RELEASE_NOTES = """
-- Crash: the release exits 2 s after every start (`SERVICE_FAULT_CRASH_AFTER_S=2`); watched with
-  `--min-ready 4`, so the deploy stops after its first batch. 500s: the release answers 500 to 30%
-  of `/cms` (`SERVICE_FAULT_ERROR_SHARE=0.3`); watched through `--canary 5,25,100`.
-- Unwatched: `--watch-for 0 --no-rollback`, what every deploy path did before: the crash release
-  reaches every instance, the 500 one too; nothing ends its time in service but the load's end.
-- Bad answers: the bad version's 200s plus its 500s, counted by the strict checker. Served: from
-  the first new instance UP until the rollback ended (watched) or the load ended (unwatched).
-- Failed: the bad release's own failures (its 500s; what was in flight on a crashing app); the
-  rollback itself fails none (tests/integration/test_release_safety.py counts its seconds).
-"""
+    return lines + notes("streams")
 
 
 def release_part(data: dict[str, Any]) -> list[str]:
@@ -146,4 +105,4 @@ def release_part(data: dict[str, Any]) -> list[str]:
                              sum(1 for r in chosen if r.get("rolled_back"))))
     lines += table(["release", "deploy", "runs", "requests", "bad answers", "bad share %", "failed",
                     "bad version served s", "rolled back"], rows)
-    return lines + prose(RELEASE_NOTES)
+    return lines + notes("release")

@@ -1,15 +1,31 @@
-"""The pieces every part of RESULTS.md is written with: prose, tables, failure causes, counts."""
+"""The pieces every part of RESULTS.md is written with: its prose (bench/notes.md), tables,
+failure causes, counts."""
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from bench.summary import Record, pick, spread
 
+NOTES = Path(__file__).with_name("notes.md")
 
-def prose(text: str) -> list[str]:
-    return [*text.strip().splitlines(), ""]
+
+@functools.cache
+def all_notes() -> dict[str, str]:
+    parts = re.split(r"^## (\w+)\n", NOTES.read_text(), flags=re.M)
+    return {key: text.strip() for key, text in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+def notes(key: str) -> list[str]:
+    """A part's notes from bench/notes.md (a missing one is an error, never a silent gap)."""
+    try:
+        return [*all_notes()[key].splitlines(), ""]
+    except KeyError:
+        raise KeyError(f"{NOTES} has no '## {key}' part") from None
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:

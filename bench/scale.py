@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.goals import GROWTH_SLACK, IDLE_LIMIT, SCALE_SHARE, TARGETS
-from bench.log import say
+from bench.log import describe, say
 from bench.measure import Context, LoadSpec, measure, order
-from bench.original import describe
-from bench.report_format import header, prose, table
+from bench.report_format import header, notes, table
 from bench.stacks import Stacks, StackSpec, _children, _cpu_s, instance_memory, program_pids
 from bench.summary import Record, costs, median, pick, spread, where
 from deploy.engines.local import LocalEngine
@@ -164,19 +163,6 @@ def fewest_up(record: Record) -> int | None:
 
 # -- the report ----------------------------------------------------------------------------
 
-NOTES = """
-- control plane: HAProxy (master and worker) and every agent (PID 1 of each instance, its app
-  excluded), CPU seconds over the idle window divided by its length: 1.00 is one core. The apps
-  (uvicorn answering the health checks) are shown apart.
-- check connections: the kernel's count of TCP connections opened (ActiveOpens) over the idle
-  window: HAProxy's health checks and agent-checks, nothing else runs.
-- stats read: one GET of the stats CSV, as each draining agent does every 50 ms; median of 20.
-- fewest UP: servers in rotation (UP, or 'UP 1/2': one failed check, as on a saturated box) at the
-  worst moment, from HAProxy's statuses as the deployer read them every 20 ms.
-- step: a quarter of the instances restarted together, first restart to the last of them UP on
-  the new version; the target's bound is 4 x the median step plus the longest drain.
-"""
-
 
 def part(data: dict[str, Any]) -> list[str]:
     runs = data.get("runs", [])
@@ -203,7 +189,7 @@ def part(data: dict[str, Any]) -> list[str]:
                     "check connections/s", "agents' RSS MiB (sum)", "stats read ms", "stats KiB",
                     "deploy s", "step s", "fewest UP", "failed", "agent overhead ms"], rows)
     lines += [f"![control plane cost against instances]({PLOT})", ""]
-    lines += prose(NOTES)
+    lines += notes("scale")
     return lines
 
 

@@ -12,9 +12,8 @@ depends on what else the shared machine is doing.
 from __future__ import annotations
 
 from bench import asgi_cost
-from bench.log import say
+from bench.log import ms, say
 from bench.measure import Context, LoadSpec, installed, measure, order
-from bench.original import ms
 from bench.stacks import Stacks, StackSpec
 
 KEY = "steady"

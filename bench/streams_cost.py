@@ -18,10 +18,9 @@ import uvloop
 
 from bench.clients import strict_row
 from bench.deployer import BackgroundDeploy
-from bench.log import say
-from bench.measure import Context, LoadSpec, order
-from bench.original import describe
-from bench.stacks import Stacks, StackSpec, versions
+from bench.log import describe, say
+from bench.measure import Context, LoadSpec, deploy_fields, order
+from bench.stacks import Stacks, StackSpec
 from deploy.check.loadcheck import LoadPlan, LoadResult, check_ledgers, run_load
 from deploy.check.streams import StreamsPlan, StreamsResult, run_streams
 from deploy.check.streams_report import check_ws_ledgers, report_data
@@ -88,10 +87,7 @@ def measure(engine: LocalEngine, plan: StreamsPlan | None, version: str) -> dict
     record: dict[str, object] = {
         "client": "strict",
         "load": strict_row(load, check_ledgers(load, engine.ledgers())).as_dict(),
-        "deploy": timing,
-        "covered": (isinstance(timing.get("began"), float) and isinstance(timing.get("ended"), float)
-                    and started <= timing["began"] and timing["ended"] <= ended),  # type: ignore[operator]
-        "versions_after": versions(engine),
+        **deploy_fields(engine, timing, started, ended),
     }
     if streams is not None:
         ledger = check_ws_ledgers(streams, engine.ledgers())

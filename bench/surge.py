@@ -18,9 +18,8 @@ from typing import Any
 
 from agent.events import parse_log
 from bench.agentlog import ALL_LINES
-from bench.log import say
+from bench.log import describe, say
 from bench.measure import Context, LoadSpec, measure, order
-from bench.original import describe
 from bench.stacks import Stacks, StackSpec
 from bench.tracing import Trace
 from deploy.engines.local import LocalEngine

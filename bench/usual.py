@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.log import say
+from bench.log import describe, say
 from bench.measure import Context, LoadSpec, installed, measure, order
-from bench.original import RESTART_AFTER_S, describe
+from bench.original import RESTART_AFTER_S
 from bench.stacks import Stacks, StackSpec
 from bench.steady import NO_AGENT
 
