@@ -44,7 +44,7 @@ test: lint
 test-fast: $(STAMP)
 	$(BIN)/pytest tests/unit -q
 
-bench: $(STAMP)
+bench: $(STAMP) dist/drain-agent
 	$(BIN)/python -m bench
 
 clean:

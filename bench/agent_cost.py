@@ -11,11 +11,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
+import urllib.request
+from pathlib import Path
 
 from bench.deployer import REPO_ROOT
 from bench.log import describe, say
 from bench.measure import Context, LoadSpec, idle_deploy, measure, order
-from bench.stacks import Stacks, StackSpec, instance_memory
+from bench.stacks import Stacks, StackSpec, children, free_port_run, instance_memory, vm_rss_kb
+
+ONE_FILE = REPO_ROOT / "dist" / "drain-agent"  # `make agent-binary` (make bench builds it)
+BUILDS = {"Python build": [sys.executable, "-m", "agent"], "one-file build": [str(ONE_FILE)]}
 
 KEY = "agent"
 TITLE = "The agent's own cost, and deploy time against the number of instances"
@@ -60,6 +66,7 @@ def run(ctx: Context) -> dict[str, object]:
         "idle": idle,
         "memory": memory,
         "memory_reference": reference_memory(),
+        "builds": {label: build_memory(argv) for label, argv in BUILDS.items()},
         "notes": [],
     }
 
@@ -82,3 +89,59 @@ def reference_memory() -> dict[str, int | None]:
                               check=False, cwd=REPO_ROOT)
         sizes[label] = int(done.stdout.strip()) if done.returncode == 0 and done.stdout.strip() else None
     return sizes
+
+
+def build_memory(argv: list[str]) -> dict[str, object]:
+    """One agent of this build, ready, wrapping a small app, with no HAProxy: the VmRSS of its
+    processes, the app's excluded (the one-file build is two: PyInstaller's bootloader, which
+    unpacks the bundle and waits, and the interpreter it starts)."""
+    if not Path(argv[0]).exists():
+        return {"error": f"{argv[0]} is not built (make agent-binary)"}
+    base = free_port_run(2)
+    app = [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(base)]
+    proc = subprocess.Popen([*argv, "--agent-port", str(base + 1), "--agent-bind", "127.0.0.1",
+                             "--ready-url", f"http://127.0.0.1:{base}/", "--drain-timeout", "1",
+                             "--haproxy-stats", "http://127.0.0.1:9/stats;csv", "--", *app],
+                            cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not app_answers(base):
+            time.sleep(0.2)
+        time.sleep(3)  # the agent is in READY, as a serving instance's is
+        agent = [proc.pid] + [pid for pid in children(proc.pid) if not cmdline(pid).startswith(" ".join(app))]
+        sizes = [vm_rss_kb(pid) or 0 for pid in agent]
+        return {"rss_kb": sum(sizes), "processes": len(sizes), "per_process_kb": sizes,
+                "pss_kb": sum(pss_kb(pid) for pid in agent)}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def pss_kb(pid: int) -> int:
+    """Proportional set size: shared pages divided among their users (what one more costs)."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def app_answers(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""

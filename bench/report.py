@@ -234,6 +234,11 @@ def agent_part(data: dict[str, Any], results: dict[str, Any]) -> list[str]:
     lines += ["### Memory (VmRSS, MiB)", ""]
     rows = [("drain-agent (each instance's PID 1)", len(agents), spread(agents, 1)),
             ("the app it runs (uvicorn)", len(apps), spread(apps, 1))]
+    rows += [(f"drain-agent alone, {label}" + (f" ({build['processes']} processes)"
+                                               if build.get("processes", 1) > 1 else ""),
+              1, f"{build['rss_kb'] / KB_PER_MIB:.1f} (PSS {build.get('pss_kb', 0) / KB_PER_MIB:.1f})"
+              if "rss_kb" in build else build.get("error"))
+             for label, build in (data.get("builds") or {}).items()]
     rows += [(f"reference: {label}", 1, f"{kb / KB_PER_MIB:.1f}")
              for label, kb in (data.get("memory_reference") or {}).items() if kb]
     lines += table(["process", "samples", "median (min-max)"], rows)

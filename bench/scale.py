@@ -23,7 +23,7 @@ from bench.goals import GROWTH_SLACK, IDLE_LIMIT, SCALE_SHARE, TARGETS
 from bench.log import describe, say
 from bench.measure import Context, LoadSpec, measure, order
 from bench.report_format import header, notes, table
-from bench.stacks import Stacks, StackSpec, _children, _cpu_s, instance_memory, program_pids
+from bench.stacks import Stacks, StackSpec, children, cpu_s, instance_memory, program_pids
 from bench.summary import Record, costs, median, pick, spread, where
 from deploy.engines.local import LocalEngine
 
@@ -86,12 +86,12 @@ def control_cpu_s(engine: LocalEngine) -> dict[str, float]:
     their apps."""
     used = {"haproxy": 0.0, "agents": 0.0, "apps": 0.0}
     for name, pid in program_pids(engine).items():
-        children = sum(map(_cpu_s, _children(pid)))
+        below = sum(map(cpu_s, children(pid)))
         if name == "haproxy":
-            used["haproxy"] += _cpu_s(pid) + children
+            used["haproxy"] += cpu_s(pid) + below
         else:
-            used["agents"] += _cpu_s(pid)
-            used["apps"] += children
+            used["agents"] += cpu_s(pid)
+            used["apps"] += below
     return used
 
 

@@ -92,7 +92,7 @@ def _proc_fields(pid: int) -> list[str]:
         return []
 
 
-def _vm_rss_kb(pid: int) -> int | None:
+def vm_rss_kb(pid: int) -> int | None:
     with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as status:
         for line in status:
             if line.startswith("VmRSS:"):
@@ -100,12 +100,12 @@ def _vm_rss_kb(pid: int) -> int | None:
     return None
 
 
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
     return [int(entry) for entry in os.listdir("/proc")
             if entry.isdigit() and (fields := _proc_fields(int(entry))) and int(fields[1]) == pid]
 
 
-def _cpu_s(pid: int) -> float:
+def cpu_s(pid: int) -> float:
     """utime + stime of one process, in seconds (0 if it is gone)."""
     fields = _proc_fields(pid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if fields else 0.0
@@ -118,8 +118,8 @@ def program_pids(engine: LocalEngine) -> dict[str, int]:
 
 def instance_memory(engine: LocalEngine) -> list[dict[str, object]]:
     """VmRSS of each instance's top process (drain-agent when the agent is on) and of its app child."""
-    return [{"instance": name, "pid": pid, "rss_kb": _vm_rss_kb(pid),
-             "child_rss_kb": [_vm_rss_kb(child) for child in _children(pid)]}
+    return [{"instance": name, "pid": pid, "rss_kb": vm_rss_kb(pid),
+             "child_rss_kb": [vm_rss_kb(child) for child in children(pid)]}
             for name, pid in sorted(program_pids(engine).items()) if name.startswith("app")]
 
 
@@ -127,7 +127,7 @@ def process_cpu(engine: LocalEngine) -> dict[str, float]:
     """CPU seconds used so far by the instances (with their children) and by HAProxy (master and worker)."""
     used = {"apps": 0.0, "haproxy": 0.0}
     for name, pid in program_pids(engine).items():
-        used["haproxy" if name == "haproxy" else "apps"] += _cpu_s(pid) + sum(map(_cpu_s, _children(pid)))
+        used["haproxy" if name == "haproxy" else "apps"] += cpu_s(pid) + sum(map(cpu_s, children(pid)))
     return used
 
 
@@ -136,7 +136,7 @@ def stop(engine: LocalEngine) -> None:
     pidfile = engine.root / "supervisord.pid"
     started = [int(pidfile.read_text())] if pidfile.exists() else []
     with contextlib.suppress(OSError, xmlrpc.client.Error):
-        started += [pid for top in program_pids(engine).values() for pid in (top, *_children(top))]
+        started += [pid for top in program_pids(engine).values() for pid in (top, *children(top))]
     try:
         engine.down()
     except Exception as exc:
