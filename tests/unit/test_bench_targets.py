@@ -148,14 +148,25 @@ def test_p99_ratio() -> None:
 
 
 def test_rss() -> None:
-    small = {"memory": [{"rss_kb": 18 * 1024}, {"rss_kb": 19 * 1024}]}
+    builds = {"Python build": {"rss_kb": 19 * 1024, "processes": 1, "per_process_kb": [19 * 1024]},
+              "one-file build": {"rss_kb": 20 * 1024, "processes": 2, "per_process_kb": [1024, 19 * 1024]}}
+    small = {"memory": [{"rss_kb": 18 * 1024}, {"rss_kb": 19 * 1024}], "builds": builds}
     assert targets.rss(results(agent=small))["met"] is True  # type: ignore[index]
-    big = {"memory": [{"rss_kb": 22 * 1024}, {"rss_kb": 31 * 1024}],
+    # a build not measured is no evidence; one over the limit misses it, its bootloader named
+    unbuilt = small | {"builds": {"one-file build": {"error": "dist/drain-agent is not built"}}}
+    assert targets.rss(results(agent=unbuilt))["met"] is False  # type: ignore[index]
+    over = small | {"builds": builds | {"one-file build": {"rss_kb": 21 * 1024, "processes": 2,
+                                                           "per_process_kb": [2 * 1024, 19 * 1024]}}}
+    verdict = targets.rss(results(agent=over))
+    assert verdict is not None and verdict["met"] is False
+    assert "one-file build alone 21.0 MiB (2.0 + 19.0 MiB: bootloader + interpreter)" in str(verdict["measured"])
+    assert "bootloader" in str(verdict["why"])
+    big = {"memory": [{"rss_kb": 22 * 1024}, {"rss_kb": 31 * 1024}], "builds": builds,
            "memory_reference": {"python (bare interpreter)": 10 * 1024}}
     verdict = targets.rss(results(agent=big))
     assert verdict is not None
     assert verdict["met"] is False
-    assert verdict["measured"] == "median 26.5 MiB, max 31.0 MiB over 2 agents"
+    assert str(verdict["measured"]).startswith("median 26.5 MiB, max 31.0 MiB over 2 agents; ")
     assert "python (bare interpreter) 10.0 MiB" in str(verdict["why"])
 
 
