@@ -211,6 +211,8 @@ class SwarmEngine(SwarmAccess):
         version = self.previous_version()
         if version is None:
             raise RolloutError(f"nothing to undo: {self.full_name(APP)} has no previous spec")
+        report(Event(time.time(), self.full_name(APP), "undo",
+                     f"Swarm's rollback of {self.full_name(APP)} to its previous spec ({version})"))
         return service_update(self, version, {}, timeout_s, report, undo=True)
 
     def previous_version(self) -> str | None:

@@ -38,6 +38,36 @@ ROLLED_BACK = "rollback_completed"
 STOPPED = ("paused", "rollback_paused")
 
 
+SLOT_WAIT_S = 90.0  # > the stack's hold obsolete (75 s): the longest a departed task keeps its slot
+
+
+def wait_for_slots(rows: Callable[[], list[list[ServerStat]]], needed: int, say: Callable[[str], None],
+                   wait_s: float = SLOT_WAIT_S, sleep: Callable[[float], None] = time.sleep,
+                   now: Callable[[], float] = time.monotonic) -> None:
+    """Every new task needs an empty server slot in each HAProxy, and the tasks an update
+    replaces keep theirs for the stack's hold obsolete (75 s) after they leave: an update
+    soon after another (an undo right after a deploy) waits here until the last one's
+    addresses are let go. Started at once, Swarm would stop each old task once its new one is
+    healthy, while HAProxy had no slot to route to the new one (CI: every old task drained, no
+    new one UP for 20 s, 1,400 requests answered 503 on each frontend)."""
+    deadline = now() + wait_s
+    said = False
+    while True:
+        free = [sum(1 for row in page if not row.addr) for page in rows() if page]
+        if not free or min(free) >= needed:  # a HAProxy that does not answer has no rows to count
+            return
+        if now() >= deadline:
+            raise RolloutError(f"{needed} new tasks need {needed} empty server slots in every HAProxy; "
+                               f"after {wait_s:g}s one still has {min(free)} (addresses of tasks that "
+                               "left are held for the stack's HAPROXY_DNS_HOLD_OBSOLETE): raise "
+                               "ZDH_SLOTS and redeploy the stack")
+        if not said:
+            say(f"waiting for {needed} empty server slots in every HAProxy ({min(free)} now): the "
+                "tasks the last update replaced keep theirs for the stack's hold obsolete")
+            said = True
+        sleep(1.0)
+
+
 def update_command(
     engine: SwarmEngine, version: str | None, env: Mapping[str, str], order: str | None,
     parallelism: int | None, monitor: float | None = None, failure_action: str | None = None,
@@ -98,6 +128,7 @@ def service_update(
     step = parallelism or int(config.get("Parallelism") or replicas)  # 0: all at once
     slots = sum(1 for row in read_stats(engine.stats_url()) if row.backend == BACKEND)
     check_slot_budget(replicas, step, slots, "HAProxy has")
+    wait_for_slots(engine.rows, replicas, lambda detail: emit(engine.full_name(APP), "waiting", detail))
     engine.prepare(version, env)
     known = {task.id: task for task in engine.tasks()}  # old tasks and Swarm's task history
     old = {task.id for task in known.values() if task.live}
