@@ -36,8 +36,6 @@ POLL_S = 0.2
 ORDERS = ("start-first", "stop-first")
 ROLLED_BACK = "rollback_completed"
 STOPPED = ("paused", "rollback_paused")
-
-
 SLOT_WAIT_S = 90.0  # > the stack's hold obsolete (75 s): the longest a departed task keeps its slot
 
 
