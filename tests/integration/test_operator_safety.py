@@ -85,10 +85,14 @@ def test_rollout_killed_at_every_event_then_run_again_converges(stack_factory, s
             version = f"v{event + 1}"
             if not killed_at(engine, event, "deploy", version, *flags):
                 return said
+            # The kill lands just after the event's line: after the last one, the dead tool may
+            # already have recorded its deploy as done, and then there is nothing to converge.
+            finished = json.loads((engine.root / "history.json").read_text())[-1]["result"] == "ok"
             again = rollout(engine, "deploy", version, *flags)
             assert again.returncode == 0, (event, again.stderr)
-            assert "did not finish: the tool died during it" in again.stderr, again.stderr
-            said.append(again.stderr)
+            if not finished:
+                assert "did not finish: the tool died during it" in again.stderr, again.stderr
+                said.append(again.stderr)
             assert len(in_use(engine)) == 2, (event, in_use(engine))  # nothing left beside them
             assert [engine.version_of(i) for i in engine.instances()] == [version] * 2, event
             event += 1
